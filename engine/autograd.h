@@ -17,10 +17,16 @@
 //  - the tape is cleared by backward() (unless retain) and by clear(); saved tensors die with it.
 //
 // Names: a NameScope pushes a module path component; every node records the path at the time it
-// was recorded, and outputs are named "<path>.<op>" unless the op is given a name.
+// was recorded and gets a name unique on the tape: "<path>.<op>" for the first such op in that
+// scope, "<path>.<op>#k" for the (k+1)-th (MultiheadAttention slices qkv three times: "attn.slice",
+// "attn.slice#1", "attn.slice#2"). A single output is named like its node, output i of several
+// "<node name>.<i>"; an output that already has a name keeps it. The counters restart when the
+// tape is cleared, so the same forward gives the same names every step (docs/inspect.md).
 #pragma once
 #include <functional>
+#include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/tensor.h"
@@ -33,6 +39,16 @@ struct Node {
   std::vector<Tensor> inputs;
   std::vector<Tensor> outputs;
   std::function<void()> backward;  // reads outputs' grads, accumulates into inputs' grads
+  // Timings for the per-op profile. The forward time of a node is the time from the previous
+  // record() (or mark()) to this one: ops run one after another, so that is the op's own
+  // forward plus the little glue between ops. backward_seconds is measured around the closure.
+  double forward_seconds = 0;
+  double backward_seconds = 0;
+  std::string name;  // unique on the tape: "<scope>.<op>" or "<scope>.<op>#k" (see above)
+  // Op settings that the input and output shapes do not show (attention's "causal" = 1), for
+  // the profile's FLOP formulas; set by the op right after record() with Tape::set_attr.
+  std::vector<std::pair<std::string, double>> attrs;
+  double attr(const std::string& key, double fallback = 0) const;
 };
 
 class Tape {
@@ -43,12 +59,18 @@ class Tape {
               std::function<void()> backward);
   // d(loss)/d(everything): seeds loss's gradient with ones (or `seed`) and walks back.
   void backward(Tensor loss, const Tensor& seed = Tensor(), bool retain = false);
-  void clear() { nodes_.clear(); }
+  void clear();  // drops the nodes (and their saved tensors) and restarts the name counters
+  // Starts the forward clock: the next recorded node's forward time counts from here.
+  void mark();
   const std::vector<Node>& nodes() const { return nodes_; }
   size_t size() const { return nodes_.size(); }
+  // Attaches a setting to the node recorded last (call it only when record() returned true).
+  void set_attr(const std::string& key, double value);
 
  private:
   std::vector<Node> nodes_;
+  std::map<std::string, int> name_counts_;  // "<scope>.<op>" -> ops of that name recorded so far
+  double last_mark_ = 0;  // seconds on a steady clock
 };
 
 // The tape of this thread.

@@ -95,6 +95,7 @@ Tensor Tensor::from_ints(const std::vector<int64_t>& v, const Shape& shape, DTyp
   CLIPCU_CHECK(int64_t(v.size()) == shape_numel(shape),
                "from_ints: " << v.size() << " values for shape " << shape_str(shape));
   Tensor t = empty(shape, dtype);
+  if (v.empty()) return t;
   if (dtype == DType::I64) {
     std::memcpy(t.raw(), v.data(), v.size() * 8);
   } else {

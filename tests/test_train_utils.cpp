@@ -33,21 +33,21 @@ TEST_CASE("learning-rate schedules follow open_clip's formulas") {
 
 TEST_CASE("zero-shot and retrieval metrics on hand-made embeddings") {
   // 3 classes along the axes; images: two correct, one confused with class 2
-  Tensor classes = Tensor::from_vector({1, 0, 0, 0, 1, 0, 0, 0, 1}, {3, 3});
-  Tensor images = Tensor::from_vector({2, 0.1f, 0, 0, 3, 0.5f, 0, 0.2f, 0.1f}, {3, 3});
+  Tensor classes = Tensor::from_vector(std::vector<float>{1, 0, 0, 0, 1, 0, 0, 0, 1}, {3, 3});
+  Tensor images = Tensor::from_vector(std::vector<float>{2, 0.1f, 0, 0, 3, 0.5f, 0, 0.2f, 0.1f}, {3, 3});
   auto r = train::zero_shot(images, classes, {0, 1, 0});
   CHECK(r.top1 == doctest::Approx(2.0 / 3));
   CHECK(r.top5 == 1.0);
   CHECK(r.per_class_top1[0] == doctest::Approx(0.5));
   // prompt ensembling: 2 prompts per class, averaged then normalized
-  Tensor prompts = Tensor::from_vector({1, 1, 0, 1, -1, 0, 0, 0, 5, 0, 0, 1}, {4, 3});
+  Tensor prompts = Tensor::from_vector(std::vector<float>{1, 1, 0, 1, -1, 0, 0, 0, 5, 0, 0, 1}, {4, 3});
   Tensor ce = train::class_embeddings(prompts, 2, 2);
   CHECK(ce.to_f32_vector()[0] == doctest::Approx(1.0));
   CHECK(ce.to_f32_vector()[1] == doctest::Approx(0.0));
   CHECK(ce.to_f32_vector()[5] == doctest::Approx(1.0));
   // retrieval: text 1 and 2 swapped relative to the images
-  Tensor img = Tensor::from_vector({1, 0, 0, 0, 1, 0, 0, 0, 1}, {3, 3});
-  Tensor txt = Tensor::from_vector({1, 0, 0, 0, 0.1f, 1, 0, 1, 0.1f}, {3, 3});
+  Tensor img = Tensor::from_vector(std::vector<float>{1, 0, 0, 0, 1, 0, 0, 0, 1}, {3, 3});
+  Tensor txt = Tensor::from_vector(std::vector<float>{1, 0, 0, 0, 0.1f, 1, 0, 1, 0.1f}, {3, 3});
   auto rr = train::retrieval(img, txt);
   CHECK(rr.i2t_r1 == doctest::Approx(1.0 / 3));
   CHECK(rr.i2t_r5 == 1.0);

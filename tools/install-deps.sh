@@ -4,7 +4,7 @@
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config ccache
       doctest-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev
-      libstb-dev libarchive-dev zlib1g-dev libutf8proc-dev libopenblas-dev libturbojpeg0-dev
+      libstb-dev libarchive-dev zlib1g-dev libutf8proc-dev libopenblas-openmp-dev libturbojpeg0-dev
       gnuplot-nox graphviz)
 missing=()
 for p in "${pkgs[@]}"; do

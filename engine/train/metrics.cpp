@@ -99,7 +99,7 @@ RetrievalResult retrieval(const Tensor& image_features, const Tensor& text_featu
   CLIPCU_CHECK(n == m, "retrieval: " << n << " images but " << m << " texts (pairs expected)");
   RetrievalResult r;
   r.n = n;
-  std::vector<double> ri(size_t(n)), rt(size_t(n));
+  std::vector<double> ri(static_cast<size_t>(n)), rt(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) {
     double t = s[size_t(i * n + i)];
     int64_t hi = 0, ht = 0;

@@ -1,0 +1,134 @@
+#include "engine/train/evaluate.h"
+
+#include <chrono>
+#include <fstream>
+#include <sstream>
+
+#include "engine/autograd.h"
+#include "engine/train/progress.h"
+
+namespace clipcu::train {
+
+nlohmann::json EvalResult::to_json() const {
+  nlohmann::json j;
+  j["n"] = n;
+  if (has_zeroshot) {
+    j["zeroshot_top1"] = zeroshot.top1;
+    j["zeroshot_top5"] = zeroshot.top5;
+  }
+  const RetrievalResult& r = retrieval;
+  j["i2t_r1"] = r.i2t_r1, j["i2t_r5"] = r.i2t_r5, j["i2t_r10"] = r.i2t_r10;
+  j["t2i_r1"] = r.t2i_r1, j["t2i_r5"] = r.t2i_r5, j["t2i_r10"] = r.t2i_r10;
+  j["i2t_mean_rank"] = r.i2t_mean_rank, j["t2i_mean_rank"] = r.t2i_mean_rank;
+  j["i2t_median_rank"] = r.i2t_median_rank, j["t2i_median_rank"] = r.t2i_median_rank;
+  j["eval_seconds"] = seconds;
+  return j;
+}
+
+std::vector<std::string> read_string_list(const std::string& path) {
+  std::ifstream in(path);
+  CLIPCU_CHECK(in, "cannot open '" << path << "'");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  nlohmann::json j = nlohmann::json::parse(ss.str(), nullptr, false);
+  CLIPCU_CHECK(!j.is_discarded() && j.is_array(), "'" << path << "' is not a JSON array of strings");
+  std::vector<std::string> out;
+  for (const auto& e : j) {
+    CLIPCU_CHECK(e.is_string(), "'" << path << "' holds a value that is not a string");
+    out.push_back(e.get<std::string>());
+  }
+  return out;
+}
+
+Tensor zeroshot_classifier(models::CLIP& model, const data::TokenizeFn& tokenize,
+                           const std::vector<std::string>& classes, const std::vector<std::string>& templates_in) {
+  std::vector<std::string> templates = templates_in.empty() ? std::vector<std::string>{"{}"} : templates_in;
+  CLIPCU_CHECK(!classes.empty(), "zero-shot evaluation needs at least one class name");
+  int64_t ctx = model.config().text.context_length;
+  std::vector<int64_t> ids;
+  for (const auto& c : classes)
+    for (const auto& t : templates) {
+      std::string prompt = t;
+      size_t at = prompt.find("{}");
+      CLIPCU_CHECK(at != std::string::npos, "prompt template '" << t << "' has no {} for the class name");
+      prompt.replace(at, 2, c);
+      std::vector<int64_t> row = tokenize(prompt);
+      CLIPCU_CHECK(int64_t(row.size()) == ctx, "tokenizer returned " << row.size() << " ids, context is " << ctx);
+      ids.insert(ids.end(), row.begin(), row.end());
+    }
+  int64_t n = int64_t(classes.size() * templates.size());
+  Tensor tokens = Tensor::from_ints(ids, {n, ctx}).to(model.logit_scale.device());
+  NoGradGuard ng;
+  Tensor feats = model.encode_text(tokens);
+  return class_embeddings(feats, int64_t(classes.size()), int64_t(templates.size()));
+}
+
+EvalResult evaluate(models::CLIP& model, std::shared_ptr<const data::Dataset> dataset, const data::TokenizeFn& tokenize,
+                    const EvalOptions& opts) {
+  auto t0 = std::chrono::steady_clock::now();
+  bool was_training = model.training();
+  model.eval();
+  NoGradGuard ng;
+  data::LoaderOptions lo;
+  lo.batch_size = opts.batch_size;
+  lo.image_size = int(model.config().vision.image_size);
+  lo.context_length = int(model.config().text.context_length);
+  lo.augment = false;
+  lo.shuffle = false;
+  lo.drop_last = false;
+  lo.epochs = 1;
+  lo.workers = opts.workers;
+  data::Loader loader(dataset, lo, tokenize);
+  int64_t limit = opts.max_samples > 0 ? std::min<int64_t>(opts.max_samples, int64_t(dataset->size()))
+                                       : int64_t(dataset->size());
+  EvalResult r;
+  std::vector<Tensor> img, txt;
+  std::vector<int64_t> labels;
+  Progress progress("eval", limit);
+  Device dev = model.logit_scale.device();
+  while (r.n < limit) {
+    auto b = loader.next();
+    if (!b) break;
+    int64_t take = std::min<int64_t>(b->size(), limit - r.n);
+    if (take <= 0) break;
+    Tensor images = b->images.rows(0, take).to(dev);
+    Tensor tokens = b->tokens.rows(0, take).to(dev);
+    img.push_back(model.encode_image(images).to(Device::cpu()));
+    txt.push_back(model.encode_text(tokens).to(Device::cpu()));
+    for (int64_t i = 0; i < take; ++i) {
+      r.captions.push_back(b->captions[size_t(i)]);
+      r.indices.push_back(b->indices[size_t(i)]);
+      labels.push_back(b->labels[size_t(i)]);
+    }
+    r.n += take;
+    if (opts.progress) progress.update(r.n);
+  }
+  if (opts.progress) progress.finish();
+  CLIPCU_CHECK(r.n > 0, "evaluation: no sample of " << dataset->describe() << " could be loaded");
+  auto cat = [](const std::vector<Tensor>& parts) {
+    int64_t rows = 0, e = parts[0].size(1);
+    for (const auto& p : parts) rows += p.size(0);
+    Tensor out = Tensor::empty({rows, e}, DType::F32);
+    int64_t at = 0;
+    for (const auto& p : parts) {
+      out.rows(at, p.size(0)).copy_from(p.to(DType::F32));
+      at += p.size(0);
+    }
+    return out;
+  };
+  r.image_features = cat(img);
+  r.text_features = cat(txt);
+  r.retrieval = retrieval(r.image_features, r.text_features);
+  bool labelled = !labels.empty();
+  for (int64_t y : labels) labelled = labelled && y >= 0;
+  if (labelled && !opts.classes.empty()) {
+    Tensor cls = zeroshot_classifier(model, tokenize, opts.classes, opts.templates);
+    r.zeroshot = zero_shot(r.image_features, cls, labels);
+    r.has_zeroshot = true;
+  }
+  model.train(was_training);
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return r;
+}
+
+}  // namespace clipcu::train
