@@ -1,0 +1,299 @@
+// Differentiable shape ops: reshape, permute, slice, concat, gather_rows, mean, sum_all.
+//
+// All outputs are new contiguous tensors (materializing); backward closures accumulate into the
+// inputs' gradients with the kernels of kernels/cpu/shape.h.
+#include <algorithm>
+#include <numeric>
+
+#include "engine/autograd.h"
+#include "engine/ops.h"
+#include "kernels/cpu/shape.h"
+
+namespace clipcu::ops {
+
+namespace {
+
+// The CPU path only, for now: a CUDA tensor gets a clear error rather than a wrong pointer.
+void check_cpu(const char* op, const Tensor& t) {
+  CLIPCU_CHECK(!t.device().is_cuda(), "op " << op << ": CUDA path not built yet (argument " << t.str() << ")");
+}
+
+void check_float(const char* op, const char* arg, const Tensor& t) {
+  CLIPCU_CHECK(t.defined(), "op " << op << ": argument '" << arg << "' is undefined");
+  CLIPCU_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::F64,
+               "op " << op << ": argument '" << arg << "' is " << t.str() << ", expected F32 or F64");
+  check_cpu(op, t);
+}
+
+void check_index(const char* op, const char* arg, const Tensor& t) {
+  CLIPCU_CHECK(t.defined(), "op " << op << ": argument '" << arg << "' is undefined");
+  CLIPCU_CHECK(t.dtype() == DType::I32 || t.dtype() == DType::I64,
+               "op " << op << ": argument '" << arg << "' is " << t.str() << ", expected I32 or I64");
+  check_cpu(op, t);
+}
+
+// Calls f(T{}) with T = float or double for the tensor's (already checked) dtype.
+template <class F>
+void with_float(DType t, F&& f) {
+  if (t == DType::F32) {
+    f(float{});
+  } else {
+    f(double{});
+  }
+}
+
+// Calls f(I{}) with I = int32_t or int64_t.
+template <class F>
+void with_index(DType t, F&& f) {
+  if (t == DType::I32) {
+    f(int32_t{});
+  } else {
+    f(int64_t{});
+  }
+}
+
+int normalize_dim(const char* op, int dim, int64_t ndim) {
+  CLIPCU_CHECK(dim >= -ndim && dim < ndim,
+               "op " << op << ": dim " << dim << " out of range for a tensor of " << ndim << " dimensions");
+  return dim < 0 ? int(dim + ndim) : dim;
+}
+
+// [outer, D, inner] around dimension d.
+struct Split {
+  int64_t outer = 1, D = 1, inner = 1;
+};
+Split split_at(const Shape& s, int d) {
+  Split r;
+  for (int k = 0; k < d; ++k) r.outer *= s[size_t(k)];
+  r.D = s[size_t(d)];
+  for (size_t k = size_t(d) + 1; k < s.size(); ++k) r.inner *= s[k];
+  return r;
+}
+
+}  // namespace
+
+Tensor reshape(const Tensor& x, const Shape& shape) {
+  const char* op = "reshape";
+  check_float(op, "x", x);
+  Shape s = shape;
+  int64_t known = 1;
+  int infer = -1;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == -1) {
+      CLIPCU_CHECK(infer < 0, "op reshape: more than one -1 in " << shape_str(shape));
+      infer = int(i);
+    } else {
+      CLIPCU_CHECK(s[i] >= 0, "op reshape: negative size in " << shape_str(shape));
+      known *= s[i];
+    }
+  }
+  if (infer >= 0) {
+    CLIPCU_CHECK(known > 0 && x.numel() % known == 0,
+                 "op reshape: argument 'x' " << x.str() << " cannot take shape " << shape_str(shape));
+    s[size_t(infer)] = x.numel() / known;
+  }
+  CLIPCU_CHECK(shape_numel(s) == x.numel(),
+               "op reshape: argument 'x' " << x.str() << " cannot take shape " << shape_str(shape));
+  Tensor y = x.clone().view(s);
+  if (needs_grad({&x})) {
+    tape().record(op, {x}, {y}, [x = x, y]() mutable {
+      with_float(x.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        cpu::accumulate<T>(x.numel(), y.grad().template data<T>(), x.grad_buffer().template data<T>());
+      });
+    });
+  }
+  return y;
+}
+
+Tensor permute(const Tensor& x, const std::vector<int>& dims) {
+  const char* op = "permute";
+  check_float(op, "x", x);
+  const int64_t nd = x.dim();
+  CLIPCU_CHECK(int64_t(dims.size()) == nd, "op permute: " << dims.size() << " dims for argument 'x' " << x.str());
+  CLIPCU_CHECK(nd <= 8, "op permute: at most 8 dimensions, got " << x.str());
+  std::vector<int> d(dims.size()), inv(dims.size(), -1);
+  Shape out_shape(dims.size());
+  for (size_t k = 0; k < dims.size(); ++k) {
+    d[k] = normalize_dim(op, dims[k], nd);
+    CLIPCU_CHECK(inv[size_t(d[k])] < 0, "op permute: dim " << dims[k] << " repeated (dims must be a permutation)");
+    inv[size_t(d[k])] = int(k);
+    out_shape[k] = x.shape()[size_t(d[k])];
+  }
+  Tensor y = Tensor::empty(out_shape, x.dtype());
+  with_float(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    cpu::permute<T>(int(nd), x.shape().data(), d.data(), x.data<T>(), y.data<T>(), false);
+  });
+  if (needs_grad({&x})) {
+    tape().record(op, {x}, {y}, [x = x, y, inv]() mutable {
+      with_float(x.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        // the gradient flows back through the inverse permutation
+        cpu::permute<T>(int(y.dim()), y.shape().data(), inv.data(), y.grad().template data<T>(),
+                        x.grad_buffer().template data<T>(), true);
+      });
+    });
+  }
+  return y;
+}
+
+Tensor slice(const Tensor& x, int dim, int64_t start, int64_t end) {
+  const char* op = "slice";
+  check_float(op, "x", x);
+  const int d = normalize_dim(op, dim, x.dim());
+  const int64_t n = x.shape()[size_t(d)];
+  CLIPCU_CHECK(0 <= start && start <= end && end <= n, "op slice: [" << start << ", " << end << ") along dim " << dim
+                                                                     << " out of range for argument 'x' " << x.str());
+  Split sp = split_at(x.shape(), d);
+  Shape out_shape = x.shape();
+  out_shape[size_t(d)] = end - start;
+  Tensor y = Tensor::empty(out_shape, x.dtype());
+  with_float(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    cpu::slice_forward<T>(sp.outer, sp.D, sp.inner, start, end - start, x.data<T>(), y.data<T>());
+  });
+  if (needs_grad({&x})) {
+    tape().record(op, {x}, {y}, [x = x, y, sp, start, end]() mutable {
+      with_float(x.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        cpu::slice_backward<T>(sp.outer, sp.D, sp.inner, start, end - start, y.grad().template data<T>(),
+                               x.grad_buffer().template data<T>());
+      });
+    });
+  }
+  return y;
+}
+
+Tensor concat(const std::vector<Tensor>& xs, int dim) {
+  const char* op = "concat";
+  CLIPCU_CHECK(!xs.empty(), "op concat: no inputs");
+  for (const Tensor& x : xs) check_float(op, "xs", x);
+  const Tensor& x0 = xs[0];
+  const int d = normalize_dim(op, dim, x0.dim());
+  Shape out_shape = x0.shape();
+  out_shape[size_t(d)] = 0;
+  for (size_t k = 0; k < xs.size(); ++k) {
+    const Tensor& x = xs[k];
+    CLIPCU_CHECK(x.dtype() == x0.dtype(), "op concat: input " << k << " is " << x.str() << " but input 0 is "
+                                                              << x0.str() << " (one dtype for all inputs)");
+    bool ok = x.dim() == x0.dim();
+    for (int64_t a = 0; ok && a < x0.dim(); ++a) ok = a == d || x.shape()[size_t(a)] == x0.shape()[size_t(a)];
+    CLIPCU_CHECK(ok, "op concat: input " << k << " has shape " << shape_str(x.shape()) << ", input 0 has "
+                                         << shape_str(x0.shape()) << " (they may differ only along dim " << dim << ")");
+    out_shape[size_t(d)] += x.shape()[size_t(d)];
+  }
+  Tensor y = Tensor::empty(out_shape, x0.dtype());
+  const Split sp = split_at(out_shape, d);
+  std::vector<int64_t> starts(xs.size());
+  int64_t at = 0;
+  for (size_t k = 0; k < xs.size(); ++k) {
+    starts[k] = at;
+    at += xs[k].shape()[size_t(d)];
+  }
+  with_float(x0.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    for (size_t k = 0; k < xs.size(); ++k)
+      cpu::concat_forward_part<T>(sp.outer, sp.D, sp.inner, starts[k], xs[k].shape()[size_t(d)], xs[k].data<T>(),
+                                  y.data<T>());
+  });
+  bool any = false;
+  for (const Tensor& x : xs) any = any || needs_grad({&x});
+  if (any) {
+    tape().record(op, xs, {y}, [xs = xs, y, sp, starts, d]() mutable {
+      with_float(y.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        const T* gy = y.grad().template data<T>();
+        for (size_t k = 0; k < xs.size(); ++k) {
+          if (!xs[k].requires_grad()) continue;
+          cpu::concat_backward_part<T>(sp.outer, sp.D, sp.inner, starts[k], xs[k].shape()[size_t(d)], gy,
+                                       xs[k].grad_buffer().template data<T>());
+        }
+      });
+    });
+  }
+  return y;
+}
+
+Tensor gather_rows(const Tensor& x, const Tensor& index) {
+  const char* op = "gather_rows";
+  check_float(op, "x", x);
+  check_index(op, "index", index);
+  CLIPCU_CHECK(x.dim() == 3,
+               "op gather_rows: argument 'x' has shape " << shape_str(x.shape()) << ", expected [B, T, C]");
+  const int64_t B = x.size(0), Tn = x.size(1), C = x.size(2);
+  CLIPCU_CHECK(index.dim() == 1 && index.size(0) == B, "op gather_rows: argument 'index' has shape "
+                                                           << shape_str(index.shape()) << ", expected [" << B
+                                                           << "] for 'x' " << shape_str(x.shape()));
+  Tensor y = Tensor::empty({B, C}, x.dtype());
+  with_float(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    with_index(index.dtype(), [&](auto itag) {
+      using I = decltype(itag);
+      cpu::gather_rows_forward<T, I>(B, Tn, C, x.data<T>(), index.data<I>(), y.data<T>());
+    });
+  });
+  if (needs_grad({&x})) {
+    tape().record(op, {x, index}, {y}, [x = x, index = index, y, B, Tn, C]() mutable {
+      with_float(x.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        with_index(index.dtype(), [&](auto itag) {
+          using I = decltype(itag);
+          cpu::gather_rows_backward<T, I>(B, Tn, C, index.template data<I>(), y.grad().template data<T>(),
+                                          x.grad_buffer().template data<T>());
+        });
+      });
+    });
+  }
+  return y;
+}
+
+Tensor mean(const Tensor& x, int dim, bool keepdim) {
+  const char* op = "mean";
+  check_float(op, "x", x);
+  const int d = normalize_dim(op, dim, x.dim());
+  const Split sp = split_at(x.shape(), d);
+  CLIPCU_CHECK(sp.D > 0, "op mean: dim " << dim << " of argument 'x' " << x.str() << " is empty");
+  Shape out_shape = x.shape();
+  if (keepdim) {
+    out_shape[size_t(d)] = 1;
+  } else {
+    out_shape.erase(out_shape.begin() + d);
+  }
+  Tensor y = Tensor::empty(out_shape, x.dtype());
+  with_float(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    cpu::mean_forward<T>(sp.outer, sp.D, sp.inner, x.data<T>(), y.data<T>());
+  });
+  if (needs_grad({&x})) {
+    tape().record(op, {x}, {y}, [x = x, y, sp]() mutable {
+      with_float(x.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        cpu::mean_backward<T>(sp.outer, sp.D, sp.inner, y.grad().template data<T>(),
+                              x.grad_buffer().template data<T>());
+      });
+    });
+  }
+  return y;
+}
+
+Tensor sum_all(const Tensor& x) {
+  const char* op = "sum_all";
+  check_float(op, "x", x);
+  Tensor y = Tensor::empty({1}, x.dtype());
+  with_float(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    y.data<T>()[0] = cpu::sum_all_forward<T>(x.numel(), x.data<T>());
+  });
+  if (needs_grad({&x})) {
+    tape().record(op, {x}, {y}, [x = x, y]() mutable {
+      with_float(x.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        cpu::sum_all_backward<T>(x.numel(), y.grad().template data<T>()[0], x.grad_buffer().template data<T>());
+      });
+    });
+  }
+  return y;
+}
+
+}  // namespace clipcu::ops
