@@ -194,10 +194,7 @@ TrainResult train(const TrainOptions& o) {
   data::TokenizeFn tokenize;
   auto make_tokenizer = [&] {
     std::string vocab = text::resolve_vocab_path(o.vocab);
-    text::TokenizerOptions to;
-    to.max_merges = -1;
-    tokenizer = std::make_unique<text::Tokenizer>(vocab, to);
-    if (tokenizer->num_merges() > 48894) tokenizer = std::make_unique<text::Tokenizer>(vocab);  // CLIP's own file
+    tokenizer = std::make_unique<text::Tokenizer>(vocab);
     CLIPCU_CHECK(tokenizer->vocab_size() <= cfg.text.vocab_size,
                  "the vocabulary '" << vocab << "' has " << tokenizer->vocab_size()
                                     << " tokens but the model's text_cfg.vocab_size is " << cfg.text.vocab_size);

@@ -1,0 +1,88 @@
+// Differentiable layer normalization over the last dimension (kernels/cpu/layernorm.h).
+//
+// Forward keeps the per-row mean and rstd as tensors captured by the backward closure, so the
+// backward never recomputes the statistics.
+#include "engine/autograd.h"
+#include "engine/ops.h"
+#include "kernels/cpu/layernorm.h"
+
+namespace clipcu::ops {
+
+namespace {
+
+// The CPU path only, for now: a CUDA tensor gets a clear error rather than a wrong pointer.
+void check_float(const char* op, const char* arg, const Tensor& t) {
+  CLIPCU_CHECK(t.defined(), "op " << op << ": argument '" << arg << "' is undefined");
+  CLIPCU_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::F64,
+               "op " << op << ": argument '" << arg << "' is " << t.str() << ", expected F32 or F64");
+  CLIPCU_CHECK(!t.device().is_cuda(), "op " << op << ": CUDA path not built yet (argument '" << arg << "' is "
+                                            << t.str() << ")");
+}
+
+void check_same_dtype(const char* op, const char* arg, const Tensor& t, const char* ref_arg, const Tensor& ref) {
+  CLIPCU_CHECK(t.dtype() == ref.dtype(), "op " << op << ": argument '" << arg << "' is " << t.str() << " but '"
+                                               << ref_arg << "' is " << ref.str() << " (one dtype for all)");
+}
+
+template <class F>
+void with_float(DType t, F&& f) {
+  if (t == DType::F32) {
+    f(float{});
+  } else {
+    f(double{});
+  }
+}
+
+// The gradient buffer of an input that requires one (zeros on first use), else an undefined
+// tensor. Takes a handle by value: copies share the autograd state, and closures hold const ones.
+Tensor grad_target(Tensor t) { return t.defined() && t.requires_grad() ? t.grad_buffer() : Tensor(); }
+
+template <class T>
+T* data_or_null(Tensor t) {
+  return t.defined() ? t.data<T>() : nullptr;
+}
+
+}  // namespace
+
+Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
+  const char* op = "layer_norm";
+  check_float(op, "x", x);
+  CLIPCU_CHECK(x.dim() >= 1, "op layer_norm: argument 'x' has shape " << shape_str(x.shape()) << ", expected [..., C]");
+  CLIPCU_CHECK(eps > 0, "op layer_norm: eps must be positive, got " << eps);
+  const int64_t C = x.size(-1);
+  const int64_t N = C > 0 ? x.numel() / C : shape_numel(Shape(x.shape().begin(), x.shape().end() - 1));
+  // weight and bias are optional (undefined: ones / zeros), as in a LayerNorm without affine.
+  if (weight.defined()) {
+    check_float(op, "weight", weight);
+    check_same_dtype(op, "weight", weight, "x", x);
+    check_shape(weight, {C}, op, "weight");
+  }
+  if (bias.defined()) {
+    check_float(op, "bias", bias);
+    check_same_dtype(op, "bias", bias, "x", x);
+    check_shape(bias, {C}, op, "bias");
+  }
+  Tensor y = Tensor::empty(x.shape(), x.dtype());
+  Tensor mean = Tensor::empty({N}, x.dtype());
+  Tensor rstd = Tensor::empty({N}, x.dtype());
+  with_float(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    cpu::layernorm_forward<T>(N, C, eps, x.data<T>(), weight.defined() ? weight.data<T>() : nullptr,
+                              bias.defined() ? bias.data<T>() : nullptr, y.data<T>(), mean.data<T>(), rstd.data<T>());
+  });
+  if (needs_grad({&x, &weight, &bias})) {
+    tape().record(op, {x, weight, bias}, {y}, [x, weight, bias, y, mean, rstd, N, C]() {
+      if (!y.has_grad()) return;
+      const Tensor dy = y.grad();
+      Tensor gx = grad_target(x), gw = grad_target(weight), gb = grad_target(bias);
+      with_float(x.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        cpu::layernorm_backward<T>(N, C, dy.data<T>(), x.data<T>(), data_or_null<T>(weight), mean.data<T>(),
+                                   rstd.data<T>(), data_or_null<T>(gx), data_or_null<T>(gw), data_or_null<T>(gb));
+      });
+    });
+  }
+  return y;
+}
+
+}  // namespace clipcu::ops
