@@ -1,5 +1,8 @@
 // clipcu: the command-line front end. Subcommands register themselves (tools/command.h).
+#include <unistd.h>
+
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <memory>
 #include <vector>
@@ -28,6 +31,14 @@ Command::Command(const std::string& name, const std::string& description, Setup 
 
 int main(int argc, char** argv) {
   using namespace clipcu::tools;
+  // libgomp reads OMP_WAIT_POLICY when it loads, before main. Its default lets idle workers spin,
+  // and on a busy machine (CI running two tests, a data loader's threads) spinning workers take
+  // the cores that OpenBLAS and the next parallel loop need: steps got several times slower. So
+  // unless the user chose a policy, run again with "passive" (idle workers sleep).
+  if (!std::getenv("OMP_WAIT_POLICY")) {
+    setenv("OMP_WAIT_POLICY", "passive", 1);
+    execv("/proc/self/exe", argv);  // returns only on failure: then go on with the default
+  }
   CLI::App app{"clipcu: train and run CLIP models with hand-written CUDA kernels and a C++ CPU twin"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "clipcu 0.1.0");

@@ -454,9 +454,13 @@ TrainResult train(const TrainOptions& o) {
     bool last = step == total;
     bool interrupted = g_interrupt.load();
     bool stop_now = o.stop_after_steps > 0 && run_steps >= o.stop_after_steps;
-    if ((o.save_every_n_steps > 0 && step % o.save_every_n_steps == 0) ||
-        (epoch_end && o.save_frequency > 0 && (step / per_epoch) % o.save_frequency == 0) || last || interrupted ||
-        stop_now) {
+    // A checkpoint is never taken right after a skipped step: a non-finite forward may have
+    // reached state that the skip does not undo (BatchNorm running statistics), and the last
+    // good checkpoint must stay the newest one.
+    bool save_point = (o.save_every_n_steps > 0 && step % o.save_every_n_steps == 0) ||
+                      (epoch_end && o.save_frequency > 0 && (step / per_epoch) % o.save_frequency == 0) || last ||
+                      interrupted || stop_now;
+    if (save_point && consecutive_skips == 0) {
       save_checkpoint(step, consecutive_skips);
     }
     if (!last && ((o.val_every_n_steps > 0 && step % o.val_every_n_steps == 0) ||
