@@ -38,8 +38,8 @@ Tensor tensor_from(const std::string& spec, const std::vector<std::string>& defa
       }
     std::string tried;
     for (const std::string& d : defaults) tried += (tried.empty() ? "'" : ", '") + d + "'";
-    CLIPCU_CHECK(!name.empty(), path << ": no " << what << " tensor (looked for " << tried
-                                     << "; name one with " << path << ":NAME)");
+    CLIPCU_CHECK(!name.empty(),
+                 path << ": no " << what << " tensor (looked for " << tried << "; name one with " << path << ":NAME)");
   }
   CLIPCU_CHECK(f.contains(name), path << ": no tensor named '" << name << "'");
   return f.get(name);
@@ -53,11 +53,13 @@ Tensor load_images(const InputSpec& spec, const models::ModelConfig& cfg) {
     CLIPCU_CHECK(is_floating(p.dtype()), spec.pixels << ": the images must be floating, got " << p.str());
     p = p.to(DType::F32);
     if (p.dim() == 3) p = p.view({1, p.size(0), p.size(1), p.size(2)});
-    CLIPCU_CHECK(p.dim() == 4 && p.size(1) == 3 && p.size(2) == R && p.size(3) == R,
-                 spec.pixels << ": images " << shape_str(p.shape()) << ", the model takes [N, 3, " << R << ", " << R << "]");
+    CLIPCU_CHECK(
+        p.dim() == 4 && p.size(1) == 3 && p.size(2) == R && p.size(3) == R,
+        spec.pixels << ": images " << shape_str(p.shape()) << ", the model takes [N, 3, " << R << ", " << R << "]");
     parts.push_back(p.clone());
   }
-  for (const std::string& file : spec.images) parts.push_back(data::preprocess(data::decode_image_file(file), int(R)).view({1, 3, R, R}));
+  for (const std::string& file : spec.images)
+    parts.push_back(data::preprocess(data::decode_image_file(file), int(R)).view({1, 3, R, R}));
   if (parts.empty()) return Tensor();
   if (parts.size() == 1) return parts[0];
   NoGradGuard no_grad;
@@ -75,7 +77,8 @@ Tensor load_text(const InputSpec& spec, const models::ModelConfig& cfg) {
     CLIPCU_CHECK(t.dim() == 2 && t.size(1) >= 1 && t.size(1) <= T,
                  spec.tokens << ": token ids " << shape_str(t.shape()) << ", expected [M, T] with T <= " << T);
     const std::vector<int64_t> v = t.to_i64_vector();
-    for (int64_t m = 0; m < t.size(0); ++m) rows.emplace_back(v.begin() + m * t.size(1), v.begin() + (m + 1) * t.size(1));
+    for (int64_t m = 0; m < t.size(0); ++m)
+      rows.emplace_back(v.begin() + m * t.size(1), v.begin() + (m + 1) * t.size(1));
   }
   if (!spec.texts.empty()) {
     const text::Tokenizer tok(text::resolve_vocab_path(spec.vocab));

@@ -49,7 +49,8 @@ Inputs random_inputs(const models::ModelConfig& cfg, int64_t batch, uint64_t see
 
 struct StepResult {
   Tensor image_features, text_features, logits_per_image, loss;  // undefined when not computed
-  double seconds = 0;  // wall time of the forward (+ loss + backward)
+  // wall time of the forward (+ loss + backward)
+  double seconds = 0;
   bool train_step = false;
 };
 
