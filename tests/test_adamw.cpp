@@ -63,7 +63,7 @@ TEST_CASE("adamw golden: one step at t = 3 from given moments (float32 and float
   }
 }
 
-TEST_CASE("adamw: several steps against a scalar reference; decay flag; missing gradients") {
+TEST_CASE("adamw: several steps against a scalar reference, decay flag, missing gradients") {
   const AdamWConfig cfg = golden_config();
   Rng rng(4);
   Tensor a = Tensor::randn({3, 5}, rng, 0, 1, DType::F64);  // decays

@@ -142,7 +142,7 @@ TEST_CASE("batch_norm2d float32 agrees with float64") {
   }
 }
 
-TEST_CASE("batch_norm2d records only when needed; no-grad forward still updates running stats") {
+TEST_CASE("batch_norm2d records only when needed, no-grad forward still updates running stats") {
   tape().clear();
   Tensor x = Tensor::arange({2, 2, 2, 2}, DType::F32);
   Tensor rm = Tensor::zeros({2}), rv = Tensor::ones({2});

@@ -35,7 +35,7 @@ TEST_CASE("embedding matches the golden forward and scatter-add gradient") {
   }
 }
 
-TEST_CASE("embedding gradchecks: random, ones, arange tables; odd sizes; repeated ids") {
+TEST_CASE("embedding gradchecks: random, ones, arange tables, odd sizes, repeated ids") {
   struct Case {
     int64_t V, C;
     std::vector<int64_t> ids;

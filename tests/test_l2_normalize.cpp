@@ -26,7 +26,7 @@ TEST_CASE("l2_normalize matches the golden forward and gradient") {
   }
 }
 
-TEST_CASE("l2_normalize rows have unit norm; gradchecks on odd sizes") {
+TEST_CASE("l2_normalize rows have unit norm, gradchecks on odd sizes") {
   Tensor y = ops::l2_normalize(make_input({7, 13}, Fill::Random, 2, false, DType::F32));
   std::vector<float> v = y.to_f32_vector();
   double worst = 0;

@@ -126,7 +126,7 @@ TEST_CASE("resume: a run stopped at step 4 and resumed ends bit for bit where an
   CHECK_MESSAGE(differing == 0, differing << " tensors differ between the resumed and the uninterrupted run");
 }
 
-TEST_CASE("non-finite steps are skipped and counted; too many in a row stop with the last checkpoint intact") {
+TEST_CASE("non-finite steps are skipped and counted, too many in a row stop with the last checkpoint intact") {
   const TinyData& d = tiny_data();
   std::string logs = test::temp_dir("train_cli_nan"), out;
   REQUIRE_MESSAGE(run_clipcu(base_args(d, logs, "skip") + " --steps 6 --debug-inject-nan 2,3", &out) == 0, out);
@@ -145,7 +145,7 @@ TEST_CASE("non-finite steps are skipped and counted; too many in a row stop with
   CHECK(c->step == 2);
 }
 
-TEST_CASE("a truncated checkpoint is a clear error; the previous one still resumes") {
+TEST_CASE("a truncated checkpoint is a clear error, the previous one still resumes") {
   const TinyData& d = tiny_data();
   std::string logs = test::temp_dir("train_cli_corrupt"), out;
   REQUIRE_MESSAGE(run_clipcu(base_args(d, logs, "run") + " --steps 4 --save-every-n-steps 2", &out) == 0, out);
