@@ -6,6 +6,7 @@
 
 #include "engine/optim/schedule.h"
 #include "engine/train/checkpoint.h"
+#include "engine/train/evaluate.h"
 #include "engine/train/metrics.h"
 #include "engine/train/progress.h"
 #include "tests/support.h"
@@ -91,6 +92,15 @@ TEST_CASE("checkpoints: atomic save, pruning, corruption detected, previous one 
   std::ofstream(dir + "/ckpt-00000040.json") << "{not json";
   CHECK_THROWS_WITH_AS(train::CheckpointManager::load(dir + "/ckpt-00000040.json"), doctest::Contains("malformed"),
                        Error);
+}
+
+TEST_CASE("zero-shot prompts take the class name and the right article") {
+  CHECK(train::fill_prompt("a photo of a {}.", "red circle") == "a photo of a red circle.");
+  CHECK(train::fill_prompt("a photo of a {}.", "orange star") == "a photo of an orange star.");
+  CHECK(train::fill_prompt("a {}", "orange star") == "an orange star");
+  CHECK(train::fill_prompt("{} in the picture", "orange star") == "orange star in the picture");
+  CHECK(train::fill_prompt("there is a {}", "ice cube") == "there is an ice cube");
+  CHECK_THROWS_AS(train::fill_prompt("no placeholder", "x"), Error);
 }
 
 TEST_CASE("durations format for progress lines") {

@@ -39,6 +39,8 @@ int main(int argc, char** argv) {
     setenv("OMP_WAIT_POLICY", "passive", 1);
     execv("/proc/self/exe", argv);  // returns only on failure: then go on with the default
   }
+  // progress goes to stderr, results to stdout: keep them in order when both are redirected
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   CLI::App app{"clipcu: train and run CLIP models with hand-written CUDA kernels and a C++ CPU twin"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "clipcu 0.1.0");

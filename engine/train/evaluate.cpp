@@ -40,6 +40,21 @@ std::vector<std::string> read_string_list(const std::string& path) {
   return out;
 }
 
+std::string fill_prompt(const std::string& tmpl, const std::string& class_name) {
+  size_t at = tmpl.find("{}");
+  CLIPCU_CHECK(at != std::string::npos, "prompt template '" << tmpl << "' has no {} for the class name");
+  // English article: "a {}" + "orange circle" reads "an orange circle", as the captions say
+  bool article = at >= 2 && tmpl.compare(at - 2, 2, "a ") == 0 && (at == 2 || tmpl[at - 3] == ' ');
+  bool vowel = !class_name.empty() && std::string("aeiouAEIOU").find(class_name[0]) != std::string::npos;
+  std::string out = tmpl.substr(0, at);
+  if (article && vowel) {
+    out.pop_back();  // "a " -> "an "
+    out.append("n ");
+  }
+  out.append(class_name).append(tmpl, at + 2, std::string::npos);
+  return out;
+}
+
 Tensor zeroshot_classifier(models::CLIP& model, const data::TokenizeFn& tokenize,
                            const std::vector<std::string>& classes, const std::vector<std::string>& templates_in) {
   std::vector<std::string> templates = templates_in.empty() ? std::vector<std::string>{"{}"} : templates_in;
@@ -48,11 +63,7 @@ Tensor zeroshot_classifier(models::CLIP& model, const data::TokenizeFn& tokenize
   std::vector<int64_t> ids;
   for (const auto& c : classes)
     for (const auto& t : templates) {
-      std::string prompt = t;
-      size_t at = prompt.find("{}");
-      CLIPCU_CHECK(at != std::string::npos, "prompt template '" << t << "' has no {} for the class name");
-      prompt.replace(at, 2, c);
-      std::vector<int64_t> row = tokenize(prompt);
+      std::vector<int64_t> row = tokenize(fill_prompt(t, c));
       CLIPCU_CHECK(int64_t(row.size()) == ctx, "tokenizer returned " << row.size() << " ids, context is " << ctx);
       ids.insert(ids.end(), row.begin(), row.end());
     }

@@ -39,6 +39,9 @@ struct EvalResult {
 EvalResult evaluate(models::CLIP& model, std::shared_ptr<const data::Dataset> dataset, const data::TokenizeFn& tokenize,
                     const EvalOptions& opts);
 
+// A prompt from a template with "{}": "a {}" + "orange circle" -> "an orange circle".
+std::string fill_prompt(const std::string& tmpl, const std::string& class_name);
+
 // Zero-shot classifier weights [C, E] for class names x templates.
 Tensor zeroshot_classifier(models::CLIP& model, const data::TokenizeFn& tokenize,
                            const std::vector<std::string>& classes, const std::vector<std::string>& templates);

@@ -59,7 +59,7 @@ void plot_metrics(const std::string& log, const std::string& out) {
     for (auto& [n, s] : ss) {
       if (!first) cmd << ", ";
       first = false;
-      cmd << "'" << write(n, *s) << "' using 1:2 with lines title '" << n << "'";
+      cmd << "'" << write(n, *s) << "' using 1:2 with linespoints pointtype 7 pointsize 0.6 title '" << n << "'";
     }
     panels.emplace_back(title, cmd.str() + "\n");
   };
@@ -67,14 +67,19 @@ void plot_metrics(const std::string& log, const std::string& out) {
   if (train.count("lr")) add_panel("learning rate", {{"lr", &train["lr"]}}, false);
   if (train.count("logit_scale")) add_panel("logit scale", {{"logit_scale", &train["logit_scale"]}}, false);
   std::vector<std::pair<std::string, const Series*>> vs;
-  for (auto& [k, s] : val) vs.emplace_back("val_" + k, &s);
+  // validation panel: the scores in [0, 1] (zero-shot accuracy, retrieval recalls), not ranks or counts
+  for (auto& [k, s] : val) {
+    bool score = k.rfind("zeroshot_", 0) == 0 || k.find("_r1") != std::string::npos ||
+                 k.find("_r5") != std::string::npos || k.find("_r10") != std::string::npos;
+    if (score) vs.emplace_back("val_" + k, &s);
+  }
   if (!vs.empty()) add_panel("validation", vs, false);
   CLIPCU_CHECK(!panels.empty(), "metrics log '" << path << "' has no loss, lr, logit_scale or validation values");
   int rows = int(panels.size() + 1) / 2;
   std::string script = base + "/plot.gp";
   {
     std::ofstream g(script);
-    g << "set terminal pngcairo size 1200," << 380 * rows << " font ',10'\n"
+    g << "set terminal pngcairo noenhanced size 1200," << 380 * rows << " font ',10'\n"
       << "set output '" << out << "'\nset grid\nset key top right\nset xlabel 'step'\n"
       << "set multiplot layout " << rows << ",2\n";
     for (auto& p : panels) g << p.second;
