@@ -57,7 +57,7 @@ Command train_cmd("train", "Train a CLIP model (open_clip's flags)", [](CLI::App
   app.add_option("--log-every-n-steps", o->log_every_n_steps, "metrics line every N steps")->capture_default_str();
   app.add_option("--val-frequency", o->val_frequency, "validate every N epochs")->capture_default_str();
   app.add_option("--val-every-n-steps", o->val_every_n_steps, "also validate every N steps");
-  app.add_option("--val-max-samples", o->val_max_samples, "validate on at most N samples (0: all)");
+  app.add_option("--val-max-samples", o->val_max_samples, "periodic validations use at most N samples (0: all; the final one uses all)");
   app.add_option("--max-consecutive-skips", o->max_consecutive_skips, "stop after N non-finite steps in a row")
       ->capture_default_str();
   app.add_flag("--quiet", o->quiet, "no progress line");

@@ -162,7 +162,11 @@ TrainResult train(const TrainOptions& o) {
   CLIPCU_CHECK(!o.train_data.empty(), "no --train-data given");
   CLIPCU_CHECK(o.precision == "fp32" || o.precision == "bf16",
                "--precision must be fp32 or bf16, got '" << o.precision << "'");
-  Device device = o.device == "auto" ? default_device() : parse_device(o.device);
+  // "auto" is the GPU when one answers and the CUDA training path exists; that path is not
+  // built yet, so auto means the CPU (with a note when a GPU sits idle).
+  Device device = o.device == "auto" ? Device::cpu() : parse_device(o.device);
+  if (o.device == "auto" && cuda_available() && !o.quiet)
+    std::fprintf(stderr, "clipcu: note: a GPU is present, but the CUDA training path is not built yet: training on the CPU\n");
   CLIPCU_CHECK(device.is_cpu() || cuda_available(),
                "--device " << o.device << ": no usable GPU (this build "
                            << (
@@ -344,12 +348,13 @@ TrainResult train(const TrainOptions& o) {
     return ckpts.save(at_step, ts, meta);
   };
 
-  auto run_validation = [&](int64_t at_step) {
+  // periodic validations may look at a subset (--val-max-samples); the final one sees everything
+  auto run_validation = [&](int64_t at_step, bool final) {
     if (!val_ds) return;
     EvalOptions eo;
     eo.batch_size = std::max(o.batch_size, 64);
     eo.workers = o.workers;
-    eo.max_samples = o.val_max_samples;
+    eo.max_samples = final ? 0 : o.val_max_samples;
     eo.classes = classes;
     eo.templates = templates;
     eo.progress = !o.quiet;
@@ -465,7 +470,7 @@ TrainResult train(const TrainOptions& o) {
     }
     if (!last && ((o.val_every_n_steps > 0 && step % o.val_every_n_steps == 0) ||
                   (epoch_end && o.val_frequency > 0 && (step / per_epoch) % o.val_frequency == 0 && o.steps == 0))) {
-      run_validation(step);
+      run_validation(step, false);
     }
     if (interrupted || stop_now) {
       if (!o.quiet) progress.finish("stopped");
@@ -479,7 +484,7 @@ TrainResult train(const TrainOptions& o) {
     }
   }
   if (!o.quiet) progress.finish();
-  run_validation(step);
+  run_validation(step, true);
   result.steps = step;
   result.skipped_steps = skipped_total;
   result.weights_path = result.run_dir + "/weights.safetensors";

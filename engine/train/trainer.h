@@ -71,7 +71,7 @@ struct TrainOptions {
   int64_t log_every_n_steps = 10;
   int64_t val_every_n_steps = 0;
   int64_t val_frequency = 1;  // epochs
-  int64_t val_max_samples = 0;  // 0: the whole validation set
+  int64_t val_max_samples = 0;  // periodic validations use at most this many (0: all); the final one uses all
   int64_t max_consecutive_skips = 10;
   std::vector<int64_t> inject_nan_steps;  // testing aid: make the loss NaN at these steps
   int64_t stop_after_steps = 0;           // testing aid: stop (saving) after this many steps of this run
