@@ -20,11 +20,11 @@ bool grad_enabled() { return g_grad_enabled; }
 NoGradGuard::NoGradGuard() : prev_(g_grad_enabled) { g_grad_enabled = false; }
 NoGradGuard::~NoGradGuard() { g_grad_enabled = prev_; }
 
-NameScope::NameScope(const std::string& part) { g_scope = g_scope.empty() ? part : g_scope + "." + part; }
-NameScope::~NameScope() {
-  size_t dot = g_scope.rfind('.');
-  g_scope = dot == std::string::npos ? std::string() : g_scope.substr(0, dot);
+NameScope::NameScope(const std::string& part) : prev_size_(g_scope.size()) {
+  if (!g_scope.empty()) g_scope.push_back('.');
+  g_scope.append(part);
 }
+NameScope::~NameScope() { g_scope.resize(prev_size_); }
 const std::string& current_scope() { return g_scope; }
 
 bool needs_grad(std::initializer_list<const Tensor*> inputs) {

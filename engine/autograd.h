@@ -99,6 +99,9 @@ class NameScope {
   ~NameScope();
   NameScope(const NameScope&) = delete;
   NameScope& operator=(const NameScope&) = delete;
+
+ private:
+  size_t prev_size_;  // the scope's length before this part: a part may hold dots ("resblocks.3")
 };
 const std::string& current_scope();
 

@@ -74,6 +74,15 @@ TEST_CASE("tape records only what needs a gradient and names it by scope") {
   CHECK(y.name() == "visual.ln_pre.identity");
   CHECK(current_scope().empty());
   {
+    NameScope a("visual.transformer");
+    {
+      NameScope b("resblocks.3");
+      CHECK(current_scope() == "visual.transformer.resblocks.3");
+    }
+    CHECK(current_scope() == "visual.transformer");
+  }
+  CHECK(current_scope().empty());
+  {
     NoGradGuard ng;
     CHECK_FALSE(tape().record("identity", {x}, {Tensor::empty({2})}, [] {}));
   }

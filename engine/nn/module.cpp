@@ -124,17 +124,6 @@ void Module::reset_parameters(Rng& rng) {
   reset_own_parameters(rng);
 }
 
-ModuleScope::ModuleScope(const Module& m) {
-  const std::string& name = m.name();
-  size_t start = 0;
-  while (start < name.size()) {
-    size_t dot = name.find('.', start);
-    if (dot == std::string::npos) dot = name.size();
-    scopes_.push_back(std::make_unique<NameScope>(name.substr(start, dot - start)));
-    start = dot + 1;
-  }
-}
-
 // ---------------------------------------------------------------- initialization helpers
 void init_normal(Tensor& t, Rng& rng, double std, double mean) {
   t.copy_from(Tensor::randn(t.shape(), rng, mean, std, DType::F64));

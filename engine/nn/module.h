@@ -13,6 +13,7 @@
 // Modules are neither copyable nor movable: the registry holds pointers to the members.
 #pragma once
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -92,15 +93,16 @@ class Module {
   template <class F> void for_each_slot(F&& f);
 };
 
-// Pushes a module's name on the tape's scope stack for the duration of one forward call
-// (nothing for a module without a name). A name with dots ("resblocks.3") is pushed one
-// component at a time, as NameScope expects.
+// Pushes a module's name ("attn", "resblocks.3") on the tape's scope stack for the duration of
+// one forward call (nothing for a module without a name).
 class ModuleScope {
  public:
-  explicit ModuleScope(const Module& m);
+  explicit ModuleScope(const Module& m) {
+    if (!m.name().empty()) scope_.emplace(m.name());
+  }
 
  private:
-  std::vector<std::unique_ptr<NameScope>> scopes_;
+  std::optional<NameScope> scope_;
 };
 
 // ---------------------------------------------------------------- initialization helpers
