@@ -31,7 +31,7 @@ TEST_CASE("shapes are a pure function of (seed, index)") {
   const ShapeSpec s = ShapesGenerator(64, 0).spec(0);
   std::printf("shapes(64, seed 0) #0: %s, rgb (%d, %d, %d), label %d\n", s.caption.c_str(), s.rgb[0], s.rgb[1], s.rgb[2], s.label);
   CHECK(s.label == s.color * 5 + s.shape);
-  CHECK(s.caption == "a picture of a small yellow square in the bottom left");
+  CHECK(s.caption == "a photo of a yellow square");
   CHECK((s.rgb[0] == 249 && s.rgb[1] == 213 && s.rgb[2] == 35));
   CHECK(s.label == 16);
   // other sizes render too, including odd ones

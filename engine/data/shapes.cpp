@@ -133,6 +133,10 @@ const std::vector<std::string>& ShapesGenerator::caption_templates() {
       "a picture of a {size} {color} {shape} in the {position}",
       "there is a {size} {color} {shape} in the {position} of the image",
       "a {size} {shape}, colored {color}, in the {position}",
+      // short forms, so that queries and zero-shot prompts that name only colour and shape
+      // ("a red circle") are phrases the text tower has seen
+      "a {color} {shape}",
+      "a photo of a {color} {shape}",
   };
   return v;
 }
