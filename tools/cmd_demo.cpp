@@ -107,7 +107,7 @@ int run_demo(const DemoOptions& o) {
   to.save_frequency = 0;
   to.val_frequency = 0;
   to.val_every_n_steps = std::max<int64_t>(o.steps / 4, 1);  // a few points on the validation curve
-  to.val_max_samples = 500;
+  to.val_max_samples = 0;  // every point on the whole held-out split, so the points compare
   to.classes = data::ShapesGenerator::class_names();
   to.templates = data::ShapesGenerator::prompt_templates();
   std::printf("[3/5] training %lld steps of %d on %s\n", static_cast<long long>(o.steps), o.batch,
