@@ -8,6 +8,8 @@
 
 #ifdef CLIPCU_WITH_CUDA
 #include <cuda_runtime_api.h>
+
+#include "engine/cuda_runtime.h"
 #endif
 
 namespace clipcu {
@@ -54,16 +56,8 @@ void* device_alloc(Device d, size_t bytes) {
   }
 #ifdef CLIPCU_WITH_CUDA
   CLIPCU_CHECK(cuda_available(), "no CUDA device is available for an allocation on " << d.str());
-  void* p = nullptr;
-  cudaSetDevice(d.index);
-  cudaError_t e = cudaMalloc(&p, bytes);
-  if (e != cudaSuccess) {
-    cudaGetLastError();
-    throw OutOfMemory("out of GPU memory on " + d.str() + " allocating " + std::to_string(bytes) +
-                          " bytes (" + cudaGetErrorString(e) + "); try a smaller batch size",
-                      bytes);
-  }
-  return p;
+  // the caching allocator: no cudaMalloc once a training loop has warmed up (throws OutOfMemory)
+  return cuda::allocator(d.index).allocate(bytes);
 #else
   CLIPCU_FAIL("this build of clipcu has no CUDA backend (device " << d.str() << ")");
 #endif
@@ -76,7 +70,7 @@ void device_free(Device d, void* p) {
     return;
   }
 #ifdef CLIPCU_WITH_CUDA
-  cudaFree(p);
+  cuda::allocator(d.index).free(p);  // back to a free list; safe in stream order (cuda_runtime.h)
 #endif
 }
 

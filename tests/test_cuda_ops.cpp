@@ -1,0 +1,988 @@
+// The CUDA kernels (kernels/cuda/) against their CPU twins (kernels/cpu/), run in float64 on the
+// values the GPU holds (inputs rounded to the storage type first), so the only differences are
+// the GPU's float arithmetic and its output rounding. Tolerances are norm-wise relative errors:
+// float32 1e-5 forward and 1e-4 gradients (the golden README's), TF32 tensor cores 2e-3, bf16
+// storage 1e-2. Also: the GEMM backends against each other on ViT-B/32 shapes, determinism, the
+// runtime (caching allocator, pinned staging).
+//
+// Without a GPU the GPU tests are skipped: doctest skips them (and leaves them out of ctest's
+// list), and the last test case exits 77, which ctest reports as "Skipped", so a CPU-only run
+// shows the skip instead of passing silently. The host-side parts of the CUDA library (argument
+// checks, the embedding index, the AdamW layout, size classes) are tested everywhere the CUDA
+// backend is built.
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "tests/support.h"
+
+#ifdef CLIPCU_WITH_CUDA
+#include "engine/cuda_runtime.h"
+#include "engine/device.h"
+#include "engine/dtype.h"
+#include "engine/rng.h"
+#include "kernels/cpu/activation.h"
+#include "kernels/cpu/adamw.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/clip_loss.h"
+#include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/embedding.h"
+#include "kernels/cpu/layernorm.h"
+#include "kernels/cpu/matmul.h"
+#include "kernels/cpu/shape.h"
+#include "kernels/cuda/adamw.cuh"
+#include "kernels/cuda/attention.cuh"
+#include "kernels/cuda/clip_loss.cuh"
+#include "kernels/cuda/embedding.cuh"
+#include "kernels/cuda/gemm.cuh"
+#include "kernels/cuda/layernorm.cuh"
+
+using namespace clipcu;
+using cuda::bf16;
+using test::WorstError;
+
+namespace {
+
+constexpr double kF32Fwd = 1e-5;
+constexpr double kF32Grad = 1e-4;
+constexpr double kTf32 = 2e-3;
+constexpr double kBf16 = 1e-2;
+
+// CLIPCU_TEST_SMALL=1 (the sanitizer runs of tools/device-check.sh): the smaller shapes only.
+bool small_run() {
+  const char* v = std::getenv("CLIPCU_TEST_SMALL");
+  return v && *v && std::string(v) != "0";
+}
+template <class V>
+std::vector<V> maybe_small(std::vector<V> all, size_t keep) {
+  if (small_run() && all.size() > keep) all.resize(keep);
+  return all;
+}
+
+template <class T>
+const char* type_name() {
+  return std::is_same_v<T, float> ? "f32" : "bf16";
+}
+
+// ---------------------------------------------------------------- device buffers
+// Device memory from the engine's allocator (so the caching allocator is exercised too).
+template <class T>
+class DevBuf {
+ public:
+  explicit DevBuf(size_t n) : n_(n) {
+    ptr_ = static_cast<T*>(device_alloc(Device::cuda(0), std::max<size_t>(n, 1) * sizeof(T)));
+  }
+  ~DevBuf() { device_free(Device::cuda(0), ptr_); }
+  DevBuf(DevBuf&& o) noexcept : ptr_(o.ptr_), n_(o.n_) { o.ptr_ = nullptr; }
+  DevBuf(const DevBuf&) = delete;
+  DevBuf& operator=(const DevBuf&) = delete;
+  DevBuf& operator=(DevBuf&&) = delete;
+  T* get() const { return ptr_; }
+  size_t size() const { return n_; }
+
+ private:
+  T* ptr_ = nullptr;
+  size_t n_ = 0;
+};
+
+// The value a double becomes when stored as T.
+template <class T>
+double stored(double x) {
+  if constexpr (std::is_same_v<T, float>) {
+    return double(float(x));
+  } else {
+    return double(bf16_to_f32(f32_to_bf16(float(x))));
+  }
+}
+template <class T>
+std::vector<double> stored(std::vector<double> v) {
+  for (double& x : v) x = stored<T>(x);
+  return v;
+}
+
+// dst[0 .. v.size()) = v converted to T (synchronous copy).
+template <class T>
+void write(T* dst, const std::vector<double>& v) {
+  if (v.empty()) return;
+  if constexpr (std::is_same_v<T, float>) {
+    std::vector<float> h(v.begin(), v.end());
+    device_copy(dst, Device::cuda(0), h.data(), Device::cpu(), h.size() * sizeof(float));
+  } else if constexpr (std::is_same_v<T, bf16>) {
+    std::vector<uint16_t> h(v.size());
+    for (size_t i = 0; i < v.size(); ++i) h[i] = f32_to_bf16(float(v[i]));
+    device_copy(dst, Device::cuda(0), h.data(), Device::cpu(), h.size() * sizeof(uint16_t));
+  } else {
+    std::vector<T> h(v.size());
+    for (size_t i = 0; i < v.size(); ++i) h[i] = T(v[i]);
+    device_copy(dst, Device::cuda(0), h.data(), Device::cpu(), h.size() * sizeof(T));
+  }
+}
+
+template <class T>
+DevBuf<T> upload(const std::vector<double>& v) {
+  DevBuf<T> b(v.size());
+  write(b.get(), v);
+  return b;
+}
+
+// Waits for the current stream (reporting a kernel fault here), then copies n values back.
+template <class T>
+std::vector<double> read(const T* src, size_t n) {
+  cuda::synchronize();
+  std::vector<double> out(n);
+  if (n == 0) return out;
+  if constexpr (std::is_same_v<T, float>) {
+    std::vector<float> h(n);
+    device_copy(h.data(), Device::cpu(), src, Device::cuda(0), n * sizeof(float));
+    for (size_t i = 0; i < n; ++i) out[i] = h[i];
+  } else if constexpr (std::is_same_v<T, bf16>) {
+    std::vector<uint16_t> h(n);
+    device_copy(h.data(), Device::cpu(), src, Device::cuda(0), n * sizeof(uint16_t));
+    for (size_t i = 0; i < n; ++i) out[i] = bf16_to_f32(h[i]);
+  } else {
+    std::vector<T> h(n);
+    device_copy(h.data(), Device::cpu(), src, Device::cuda(0), n * sizeof(T));
+    for (size_t i = 0; i < n; ++i) out[i] = double(h[i]);
+  }
+  return out;
+}
+template <class T>
+std::vector<double> read(const DevBuf<T>& b) {
+  return read(b.get(), b.size());
+}
+
+std::vector<double> randn(size_t n, Rng& rng, double scale = 1.0) {
+  std::vector<double> v(n);
+  for (double& x : v) x = scale * rng.normal();
+  return v;
+}
+
+// ---------------------------------------------------------------- comparisons
+double rel_err(const std::vector<double>& got, const std::vector<double>& ref) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    num += (got[i] - ref[i]) * (got[i] - ref[i]);
+    den += ref[i] * ref[i];
+  }
+  if (std::isnan(num)) return INFINITY;
+  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+
+void expect_close(const std::vector<double>& got, const std::vector<double>& ref, double tol, const std::string& label,
+                  WorstError& worst) {
+  REQUIRE_MESSAGE(got.size() == ref.size(), label << ": " << got.size() << " values vs " << ref.size());
+  const double e = rel_err(got, ref);
+  worst.add(label, e);
+  CHECK_MESSAGE(e <= tol, label << ": rel err " << e << " > tol " << tol);
+}
+
+cpu::Activation cpu_act(cuda::Act a) {
+  switch (a) {
+    case cuda::Act::ReLU: return cpu::Activation::ReLU;
+    case cuda::Act::QuickGELU: return cpu::Activation::QuickGELU;
+    case cuda::Act::GELU: return cpu::Activation::GELUErf;
+    case cuda::Act::GELUTanh: return cpu::Activation::GELUTanh;
+    case cuda::Act::None: break;
+  }
+  FAIL("no CPU activation for Act::None");
+  return cpu::Activation::ReLU;
+}
+
+double act_ref(cuda::Act a, double x) {
+  if (a == cuda::Act::None) return x;
+  double y = 0;
+  cpu::activation_forward<double>(cpu_act(a), 1, &x, &y);
+  return y;
+}
+double act_grad_ref(cuda::Act a, double x) {
+  if (a == cuda::Act::None) return 1.0;
+  double dx = 0, dy = 1;
+  cpu::activation_backward<double>(cpu_act(a), 1, &x, nullptr, &dy, &dx);
+  return dx;
+}
+
+// ================================================================ GEMM
+struct Epilogue {
+  const char* name;
+  float alpha, beta;
+  bool bias;
+  cuda::Act act;
+  bool pre_act;
+  bool residual;
+  bool residual_is_c;
+};
+const Epilogue kEpilogues[] = {
+    {"plain", 1.f, 0.f, false, cuda::Act::None, false, false, false},
+    {"alpha0.5+beta1", 0.5f, 1.f, false, cuda::Act::None, false, false, false},
+    {"bias", 1.f, 0.f, true, cuda::Act::None, false, false, false},
+    {"bias+gelu+pre_act", 1.f, 0.f, true, cuda::Act::GELU, true, false, false},
+    {"bias+quick_gelu+residual", 1.f, 0.f, true, cuda::Act::QuickGELU, false, true, false},
+    {"gelu_tanh+beta1+pre_act", 1.f, 1.f, false, cuda::Act::GELUTanh, true, false, false},
+    {"residual==C", 1.f, 0.f, true, cuda::Act::None, false, true, true},
+};
+
+struct GemmShape {
+  int64_t M, N, K;
+};
+
+double gemm_tol(cuda::GemmBackend b, bool is_bf16) {
+  if (is_bf16) return kBf16;
+  return b == cuda::GemmBackend::TensorCore ? kTf32 : kF32Fwd;
+}
+
+template <class T>
+cuda::GemmParams<T> base_params(cuda::GemmBackend backend) {
+  cuda::GemmParams<T> p;
+  p.backend = backend;
+  if (backend == cuda::GemmBackend::Cublas) {
+    p.lt = cuda::cublaslt_handle();
+    p.cublas = cuda::cublas_handle();
+    p.workspace = cuda::cublaslt_workspace();
+    p.workspace_bytes = cuda::kCublasLtWorkspaceBytes;
+    p.allow_tf32 = false;  // float32 accuracy for the float comparison
+  }
+  return p;
+}
+
+// One product and epilogue on every backend against the CPU; `offset` shifts A and B by one
+// element to force the element-wise (non-cp.async) loads.
+template <class T>
+void gemm_case(bool ta, bool tb, GemmShape s, const Epilogue& epi, int offset, uint64_t seed, WorstError& worst) {
+  const int64_t M = s.M, N = s.N, K = s.K;
+  Rng rng(seed);
+  const std::vector<double> A = stored<T>(randn(size_t(M * K), rng)), B = stored<T>(randn(size_t(K * N), rng));
+  const std::vector<double> C0 = stored<T>(randn(size_t(M * N), rng)), bias = stored<T>(randn(size_t(N), rng));
+  const std::vector<double> R = epi.residual_is_c ? C0 : stored<T>(randn(size_t(M * N), rng));
+  std::vector<double> prod(size_t(M * N), 0.0);
+  cpu::gemm<double>(ta, tb, M, N, K, 1.0, A.data(), B.data(), 0.0, prod.data(), cpu::GemmVariant::Naive);
+  std::vector<double> ref(prod.size()), ref_pre(prod.size());
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      const size_t i = size_t(m * N + n);
+      double v = double(epi.alpha) * prod[i];
+      if (epi.beta != 0.f) v += double(epi.beta) * C0[i];
+      if (epi.bias) v += bias[size_t(n)];
+      ref_pre[i] = v;
+      v = act_ref(epi.act, v);
+      if (epi.residual) v += R[i];
+      ref[i] = v;
+    }
+
+  DevBuf<T> dA(size_t(M * K + offset)), dB(size_t(K * N + offset)), dC(size_t(M * N)), dbias(static_cast<size_t>(N));
+  DevBuf<T> dR(size_t(M * N)), dpre(size_t(M * N));
+  write(dA.get() + offset, A);
+  write(dB.get() + offset, B);
+  write(dbias.get(), bias);
+  write(dR.get(), R);
+  for (cuda::GemmBackend be : {cuda::GemmBackend::Simple, cuda::GemmBackend::TensorCore, cuda::GemmBackend::Cublas}) {
+    const std::string label = std::string(cuda::gemm_backend_name(be)) + " " + type_name<T>() + (ta ? " T" : " N") +
+                              (tb ? "T" : "N") + " " + std::to_string(M) + "x" + std::to_string(N) + "x" +
+                              std::to_string(K) + " " + epi.name + (offset ? " misaligned" : "");
+    INFO(label);
+    write(dC.get(), C0);
+    cuda::GemmParams<T> p = base_params<T>(be);
+    p.trans_a = ta;
+    p.trans_b = tb;
+    p.M = M, p.N = N, p.K = K;
+    p.A = dA.get() + offset;
+    p.B = dB.get() + offset;
+    p.C = dC.get();
+    p.alpha = epi.alpha;
+    p.beta = epi.beta;
+    p.bias = epi.bias ? dbias.get() : nullptr;
+    p.act = epi.act;
+    p.pre_act = epi.pre_act ? dpre.get() : nullptr;
+    p.residual = epi.residual ? (epi.residual_is_c ? dC.get() : dR.get()) : nullptr;
+    cuda::gemm(p, cuda::current_stream());
+    const double tol = gemm_tol(be, std::is_same_v<T, bf16>);
+    expect_close(read(dC), ref, tol, label, worst);
+    if (epi.pre_act) expect_close(read(dpre), ref_pre, tol, label + " pre_act", worst);
+  }
+}
+
+}  // namespace
+
+CLIPCU_GPU_TEST("cuda gemm: every backend, transpose form and epilogue against the CPU") {
+  // the shapes with epilogues are 3 and 4 (small runs keep 0-3 and use 3 twice)
+  const std::vector<GemmShape> shapes =
+      maybe_small<GemmShape>({{1, 1, 1}, {7, 13, 5}, {64, 64, 64}, {129, 77, 40}, {200, 136, 96}, {33, 250, 257}}, 4);
+  const GemmShape epi_shapes[] = {shapes[3], shapes[small_run() ? 3 : 4]};
+  WorstError worst_f{"gemm f32 (simple, cublas: 1e-5; tensorcore tf32: 2e-3)", 0.0, {}};
+  WorstError worst_b{"gemm bf16", 0.0, {}};
+  uint64_t seed = 1;
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      for (const GemmShape& s : shapes) {
+        gemm_case<float>(ta, tb, s, kEpilogues[0], 0, seed++, worst_f);
+        gemm_case<bf16>(ta, tb, s, kEpilogues[0], 0, seed++, worst_b);
+      }
+      for (const Epilogue& e : kEpilogues)
+        for (const GemmShape& s : epi_shapes) {
+          gemm_case<float>(ta, tb, s, e, 0, seed++, worst_f);
+          gemm_case<bf16>(ta, tb, s, e, 0, seed++, worst_b);
+        }
+      // aligned sizes with misaligned bases: the element-wise load path of the tensor-core kernel
+      gemm_case<float>(ta, tb, {128, 128, 64}, kEpilogues[2], 1, seed++, worst_f);
+      gemm_case<bf16>(ta, tb, {128, 128, 64}, kEpilogues[2], 1, seed++, worst_b);
+    }
+}
+
+namespace {
+template <class T>
+void gemm_backends_agree(int64_t M, int64_t N, int64_t K, bool ta, bool tb, cuda::GemmBackend a, cuda::GemmBackend b,
+                         double tol, WorstError& worst) {
+  Rng rng(uint64_t(M * 31 + N * 7 + K));
+  DevBuf<T> dA = upload<T>(randn(size_t(M * K), rng, 0.5)), dB = upload<T>(randn(size_t(K * N), rng, 0.5));
+  DevBuf<T> dbias = upload<T>(randn(size_t(N), rng));
+  DevBuf<T> c1(size_t(M * N)), c2(size_t(M * N));
+  auto run = [&](cuda::GemmBackend be, T* C) {
+    cuda::GemmParams<T> p = base_params<T>(be);
+    p.trans_a = ta, p.trans_b = tb;
+    p.M = M, p.N = N, p.K = K;
+    p.A = dA.get(), p.B = dB.get(), p.C = C, p.bias = dbias.get();
+    cuda::gemm(p, cuda::current_stream());
+  };
+  run(a, c1.get());
+  run(b, c2.get());
+  const std::string label = std::string(type_name<T>()) + " " + cuda::gemm_backend_name(a) + " vs " +
+                            cuda::gemm_backend_name(b) + " " + std::to_string(M) + "x" + std::to_string(N) + "x" +
+                            std::to_string(K) + (ta ? " T" : " N") + (tb ? "T" : "N");
+  INFO(label);
+  const std::vector<double> r1 = read(c1);
+  expect_close(r1, read(c2), tol, label, worst);
+  run(a, c2.get());  // the same backend twice: the same bits (no atomics, fixed order)
+  const std::vector<double> again = read(c2);
+  CHECK_MESSAGE(std::memcmp(r1.data(), again.data(), r1.size() * sizeof(double)) == 0, label << ": not deterministic");
+}
+}  // namespace
+
+CLIPCU_GPU_TEST("cuda gemm: tensor-core and simple kernels agree with cuBLAS on ViT-B/32 shapes") {
+  WorstError worst{"gemm backends against each other", 0.0, {}};
+  const int64_t M = 256 * 50;
+  // forward x W^T (NT), backward dX = dY W (NN) and dW = dY^T X (TN) for qkv, fc and fc2
+  for (auto [N, K] : {std::pair<int64_t, int64_t>{2304, 768}, {3072, 768}, {768, 3072}}) {
+    gemm_backends_agree<bf16>(M, N, K, false, true, cuda::GemmBackend::TensorCore, cuda::GemmBackend::Cublas, kBf16,
+                              worst);
+    gemm_backends_agree<bf16>(M, K, N, false, false, cuda::GemmBackend::TensorCore, cuda::GemmBackend::Cublas, kBf16,
+                              worst);
+    gemm_backends_agree<bf16>(N, K, M, true, false, cuda::GemmBackend::TensorCore, cuda::GemmBackend::Cublas, kBf16,
+                              worst);
+  }
+  gemm_backends_agree<float>(1000, 768, 768, false, true, cuda::GemmBackend::Simple, cuda::GemmBackend::Cublas, kF32Fwd,
+                             worst);
+  gemm_backends_agree<float>(1000, 768, 768, false, true, cuda::GemmBackend::TensorCore, cuda::GemmBackend::Cublas,
+                             kTf32, worst);
+}
+
+// ================================================================ attention
+namespace {
+struct AttnCase {
+  int64_t B, H, Tq, Tk, D;
+  bool causal;
+};
+
+template <class T>
+void attention_case(const AttnCase& c, cuda::AttentionKernel kernel, uint64_t seed, WorstError& wf, WorstError& wb) {
+  const bool is_bf16 = std::is_same_v<T, bf16>;
+  const double tol_f = is_bf16 ? kBf16 : kF32Fwd, tol_b = is_bf16 ? kBf16 : kF32Grad;
+  const size_t nq = size_t(c.B * c.H * c.Tq * c.D), nk = size_t(c.B * c.H * c.Tk * c.D), nl = size_t(c.B * c.H * c.Tq);
+  Rng rng(seed);
+  const std::vector<double> q = stored<T>(randn(nq, rng)), k = stored<T>(randn(nk, rng)), v = stored<T>(randn(nk, rng));
+  const std::vector<double> dout = stored<T>(randn(nq, rng));
+  const std::vector<double> dq0 = stored<T>(randn(nq, rng, 0.5)), dk0 = stored<T>(randn(nk, rng, 0.5)),
+                            dv0 = stored<T>(randn(nk, rng, 0.5));
+  cpu::AttentionParams cp;
+  cp.B = c.B, cp.H = c.H, cp.Tq = c.Tq, cp.Tk = c.Tk, cp.D = c.D, cp.causal = c.causal;
+  cp.variant = cpu::AttentionVariant::Rowwise;
+  std::vector<double> out(nq), lse(nl), dq = dq0, dk = dk0, dv = dv0;
+  cpu::attention_forward<double>(cp, q.data(), k.data(), v.data(), out.data(), lse.data());
+  cpu::attention_backward<double>(cp, q.data(), k.data(), v.data(), out.data(), lse.data(), dout.data(), dq.data(),
+                                  dk.data(), dv.data());
+
+  cuda::AttentionShape s;
+  s.B = c.B, s.H = c.H, s.Tq = c.Tq, s.Tk = c.Tk, s.D = c.D, s.causal = c.causal, s.kernel = kernel;
+  DevBuf<T> gq = upload<T>(q), gk = upload<T>(k), gv = upload<T>(v), gdo = upload<T>(dout);
+  DevBuf<T> gout(nq), gdq = upload<T>(dq0), gdk = upload<T>(dk0), gdv = upload<T>(dv0);
+  DevBuf<float> glse(nl), ws(cuda::attention_backward_workspace_floats(s));
+  cuda::AttentionArgs<T> a;
+  a.q = gq.get(), a.k = gk.get(), a.v = gv.get(), a.out = gout.get(), a.lse = glse.get();
+  a.dout = gdo.get(), a.dq = gdq.get(), a.dk = gdk.get(), a.dv = gdv.get(), a.workspace = ws.get();
+  cuda::attention_forward(s, a, cuda::current_stream());
+  cuda::attention_backward(s, a, cuda::current_stream());
+  const std::string label = std::string(cuda::attention_kernel_name(kernel)) + " " + type_name<T>() + " B" +
+                            std::to_string(c.B) + " H" + std::to_string(c.H) + " Tq" + std::to_string(c.Tq) + " Tk" +
+                            std::to_string(c.Tk) + " D" + std::to_string(c.D) + (c.causal ? " causal" : "");
+  INFO(label);
+  expect_close(read(gout), out, tol_f, label + " out", wf);
+  expect_close(read(glse), lse, is_bf16 ? kBf16 : kF32Fwd, label + " lse", wf);
+  expect_close(read(gdq), dq, tol_b, label + " dq", wb);
+  expect_close(read(gdk), dk, tol_b, label + " dk", wb);
+  expect_close(read(gdv), dv, tol_b, label + " dv", wb);
+}
+}  // namespace
+
+CLIPCU_GPU_TEST("cuda attention: both kernels, forward and backward against the CPU") {
+  // small runs: the first 6 (every tile width, causal and Tq != Tk still covered)
+  const std::vector<AttnCase> cases = maybe_small<AttnCase>(
+      {
+          {1, 1, 1, 1, 8, false},   {2, 3, 7, 7, 16, true},   {1, 2, 33, 65, 128, false}, {2, 1, 1, 50, 64, false},
+          {2, 2, 31, 5, 80, false}, {1, 2, 40, 40, 64, true}, {2, 2, 50, 50, 64, false},  {1, 2, 77, 77, 64, true},
+          {1, 1, 300, 300, 32, true}, {3, 2, 17, 17, 48, false}, {1, 1, 64, 64, 96, true},
+      },
+      6);
+  WorstError wf{"attention forward", 0.0, {}}, wb{"attention backward", 0.0, {}};
+  uint64_t seed = 100;
+  for (const AttnCase& c : cases)
+    for (cuda::AttentionKernel k : {cuda::AttentionKernel::Simple, cuda::AttentionKernel::Tiled}) {
+      attention_case<float>(c, k, seed++, wf, wb);
+      attention_case<bf16>(c, k, seed++, wf, wb);
+    }
+}
+
+CLIPCU_GPU_TEST("cuda attention: backward skips null gradients and is deterministic") {
+  cuda::AttentionShape s;
+  s.B = 2, s.H = 3, s.Tq = 45, s.Tk = 45, s.D = 64, s.causal = true;
+  const size_t n = size_t(s.B * s.H * s.Tq * s.D);
+  Rng rng(7);
+  DevBuf<float> q = upload<float>(randn(n, rng)), k = upload<float>(randn(n, rng)), v = upload<float>(randn(n, rng));
+  DevBuf<float> dout = upload<float>(randn(n, rng)), out(n), lse(size_t(s.B * s.H * s.Tq));
+  DevBuf<float> ws(cuda::attention_backward_workspace_floats(s));
+  const std::vector<double> zeros(n, 0.0);
+  DevBuf<float> dq1 = upload<float>(zeros), dq2 = upload<float>(zeros), dk = upload<float>(zeros);
+  cuda::AttentionArgs<float> a;
+  a.q = q.get(), a.k = k.get(), a.v = v.get(), a.out = out.get(), a.lse = lse.get(), a.dout = dout.get();
+  a.workspace = ws.get();
+  cuda::attention_forward(s, a, cuda::current_stream());
+  a.dq = dq1.get();  // dk, dv null: only the dQ kernel runs
+  cuda::attention_backward(s, a, cuda::current_stream());
+  a.dq = dq2.get();
+  cuda::attention_backward(s, a, cuda::current_stream());
+  const std::vector<double> r1 = read(dq1), r2 = read(dq2);
+  CHECK(std::memcmp(r1.data(), r2.data(), n * sizeof(double)) == 0);
+  a.dq = nullptr, a.dk = dk.get();  // dK only (dV null)
+  cuda::attention_backward(s, a, cuda::current_stream());
+  CHECK(rel_err(read(dk), zeros) > 0);  // something was written
+  CHECK(rel_err(read(dq1), r1) == 0);   // and dq was left alone
+}
+
+// ================================================================ layer norm, bias + activation
+namespace {
+template <class T>
+void layernorm_case(int64_t N, int64_t C, bool residual, bool affine, cuda::LayerNormKernel kernel, uint64_t seed,
+                    WorstError& wf, WorstError& wb) {
+  const bool is_bf16 = std::is_same_v<T, bf16>;
+  const double tol_f = is_bf16 ? kBf16 : kF32Fwd, tol_b = is_bf16 ? kBf16 : kF32Grad;
+  const size_t nc = size_t(N * C);
+  Rng rng(seed);
+  std::vector<double> x = stored<T>(randn(nc, rng, 2.0)), r = stored<T>(randn(nc, rng));
+  for (double& e : x) e += 0.5;  // a nonzero mean
+  const std::vector<double> w = stored<T>(randn(size_t(C), rng)), b = stored<T>(randn(size_t(C), rng));
+  const std::vector<double> dy = stored<T>(randn(nc, rng));
+  const std::vector<double> dx0 = stored<T>(randn(nc, rng)), dr0 = stored<T>(randn(nc, rng));
+  const std::vector<double> dw0 = stored<T>(randn(size_t(C), rng)), db0 = stored<T>(randn(size_t(C), rng));
+  std::vector<double> h(nc);
+  for (size_t i = 0; i < nc; ++i) h[i] = residual ? stored<T>(double(float(x[i]) + float(r[i]))) : x[i];
+  std::vector<double> y(nc), mean(static_cast<size_t>(N)), rstd(static_cast<size_t>(N));
+  cpu::layernorm_forward<double>(N, C, 1e-5, h.data(), affine ? w.data() : nullptr, affine ? b.data() : nullptr,
+                                 y.data(), mean.data(), rstd.data());
+  std::vector<double> dh(nc, 0.0), dw = dw0, db = db0;
+  cpu::layernorm_backward<double>(N, C, dy.data(), h.data(), affine ? w.data() : nullptr, mean.data(), rstd.data(),
+                                  dh.data(), affine ? dw.data() : nullptr, affine ? db.data() : nullptr);
+  std::vector<double> dx = dx0, dr = dr0;
+  for (size_t i = 0; i < nc; ++i) dx[i] += dh[i], dr[i] += dh[i];
+
+  DevBuf<T> gx = upload<T>(x), gr = upload<T>(r), gw = upload<T>(w), gb = upload<T>(b), gy(nc), gh(nc);
+  DevBuf<float> gmean(static_cast<size_t>(N)), grstd(static_cast<size_t>(N));
+  cuda::LayerNormForwardArgs<T> f;
+  f.N = N, f.C = C, f.eps = 1e-5f, f.x = gx.get(), f.residual = residual ? gr.get() : nullptr;
+  f.h_out = residual ? gh.get() : nullptr;
+  f.weight = affine ? gw.get() : nullptr, f.bias = affine ? gb.get() : nullptr;
+  f.y = gy.get(), f.mean = gmean.get(), f.rstd = grstd.get(), f.kernel = kernel;
+  cuda::layernorm_forward(f, cuda::current_stream());
+
+  DevBuf<T> gdy = upload<T>(dy), gdx = upload<T>(dx0), gdr = upload<T>(dr0), gdw = upload<T>(dw0), gdb = upload<T>(db0);
+  DevBuf<float> ws(cuda::layernorm_backward_workspace_floats(N, C));
+  cuda::LayerNormBackwardArgs<T> bw;
+  bw.N = N, bw.C = C, bw.dy = gdy.get(), bw.h = residual ? gh.get() : gx.get();
+  bw.weight = f.weight, bw.mean = gmean.get(), bw.rstd = grstd.get();
+  bw.dx = gdx.get(), bw.dresidual = residual ? gdr.get() : nullptr;
+  bw.dweight = affine ? gdw.get() : nullptr, bw.dbias = affine ? gdb.get() : nullptr;
+  bw.workspace = ws.get(), bw.kernel = kernel;
+  cuda::layernorm_backward(bw, cuda::current_stream());
+
+  const std::string label = std::string(cuda::layernorm_kernel_name(kernel)) + " " + type_name<T>() + " N" +
+                            std::to_string(N) + " C" + std::to_string(C) + (residual ? " +residual" : "") +
+                            (affine ? "" : " no-affine");
+  INFO(label);
+  expect_close(read(gy), y, tol_f, label + " y", wf);
+  expect_close(read(gmean), mean, tol_f, label + " mean", wf);
+  expect_close(read(grstd), rstd, tol_f, label + " rstd", wf);
+  if (residual) expect_close(read(gh), h, 0.0, label + " h", wf);  // the same rounding of the same sum
+  expect_close(read(gdx), dx, tol_b, label + " dx", wb);
+  if (residual) expect_close(read(gdr), dr, tol_b, label + " dresidual", wb);
+  if (affine) {
+    expect_close(read(gdw), dw, tol_b, label + " dweight", wb);
+    expect_close(read(gdb), db, tol_b, label + " dbias", wb);
+  }
+}
+}  // namespace
+
+CLIPCU_GPU_TEST("cuda layernorm: fused residual add, forward and backward against the CPU") {
+  WorstError wf{"layernorm forward", 0.0, {}}, wb{"layernorm backward", 0.0, {}};
+  uint64_t seed = 300;
+  // C: 1 and 5 (odd: Simple even when Warp is asked), 64, 768, 1024 (the Warp limits), 1030, 2048
+  const std::vector<std::pair<int64_t, int64_t>> shapes = maybe_small<std::pair<int64_t, int64_t>>(
+      {{1, 1}, {7, 5}, {9, 1030}, {33, 1024}, {5, 2048}, {64, 64}, {300, 768}, {1000, 96}}, 5);
+  for (auto [N, C] : shapes)
+    for (cuda::LayerNormKernel k : {cuda::LayerNormKernel::Simple, cuda::LayerNormKernel::Warp})
+      for (int mode = 0; mode < 3; ++mode) {
+        const bool residual = mode >= 1, affine = mode != 2;
+        layernorm_case<float>(N, C, residual, affine, k, seed++, wf, wb);
+        layernorm_case<bf16>(N, C, residual, affine, k, seed++, wf, wb);
+      }
+}
+
+namespace {
+template <class T>
+void bias_act_case(int64_t N, int64_t C, cuda::Act act, bool with_bias, uint64_t seed, WorstError& wf, WorstError& wb) {
+  const bool is_bf16 = std::is_same_v<T, bf16>;
+  const size_t nc = size_t(N * C);
+  Rng rng(seed);
+  const std::vector<double> x = stored<T>(randn(nc, rng, 2.0)), b = stored<T>(randn(size_t(C), rng));
+  const std::vector<double> dy = stored<T>(randn(nc, rng)), dx0 = stored<T>(randn(nc, rng));
+  const std::vector<double> db0 = stored<T>(randn(size_t(C), rng));
+  std::vector<double> y(nc), dx = dx0, dz(nc), db = db0;
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      const size_t i = size_t(n * C + c);
+      const double z = x[i] + (with_bias ? b[size_t(c)] : 0.0);
+      y[i] = act_ref(act, z);
+      dz[i] = dy[i] * act_grad_ref(act, z);
+      dx[i] += dz[i];
+    }
+  cpu::sum_rows<double>(N, C, dz.data(), db.data());
+  DevBuf<T> gx = upload<T>(x), gb = upload<T>(b), gy(nc), gdy = upload<T>(dy), gdx = upload<T>(dx0),
+            gdb = upload<T>(db0);
+  DevBuf<float> ws(cuda::column_sum_workspace_floats(N, C));
+  cuda::bias_act_forward<T>(N, C, act, gx.get(), with_bias ? gb.get() : nullptr, gy.get(), cuda::current_stream());
+  cuda::bias_act_backward<T>(N, C, act, gx.get(), with_bias ? gb.get() : nullptr, gdy.get(), gdx.get(),
+                             with_bias ? gdb.get() : nullptr, ws.get(), cuda::current_stream());
+  const std::string label = std::string(type_name<T>()) + " act " + std::to_string(int(act)) + " N" + std::to_string(N) +
+                            " C" + std::to_string(C) + (with_bias ? " bias" : "");
+  INFO(label);
+  expect_close(read(gy), y, is_bf16 ? kBf16 : kF32Fwd, label + " y", wf);
+  expect_close(read(gdx), dx, is_bf16 ? kBf16 : kF32Grad, label + " dx", wb);
+  if (with_bias) expect_close(read(gdb), db, is_bf16 ? kBf16 : kF32Grad, label + " dbias", wb);
+}
+}  // namespace
+
+CLIPCU_GPU_TEST("cuda bias + activation and column sums against the CPU") {
+  WorstError wf{"bias_act forward", 0.0, {}}, wb{"bias_act backward", 0.0, {}};
+  uint64_t seed = 500;
+  for (cuda::Act act : {cuda::Act::None, cuda::Act::ReLU, cuda::Act::QuickGELU, cuda::Act::GELU, cuda::Act::GELUTanh})
+    for (auto [N, C] : {std::pair<int64_t, int64_t>{1, 1}, {17, 33}, {600, 130}, {5000, 7}}) {
+      bias_act_case<float>(N, C, act, true, seed++, wf, wb);
+      bias_act_case<bf16>(N, C, act, true, seed++, wf, wb);
+      bias_act_case<float>(N, C, act, false, seed++, wf, wb);
+    }
+  // column_sum: a linear layer's bias gradient
+  WorstError wc{"column_sum", 0.0, {}};
+  for (auto [R, C] : {std::pair<int64_t, int64_t>{1, 3}, {100, 1}, {12800, 768}, {31, 513}}) {
+    Rng rng(uint64_t(R + C));
+    const std::vector<double> x = randn(size_t(R * C), rng), o0 = randn(size_t(C), rng);
+    std::vector<double> o = o0;
+    cpu::sum_rows<double>(R, C, x.data(), o.data());
+    DevBuf<float> gx = upload<float>(x), go = upload<float>(o0), ws(cuda::column_sum_workspace_floats(R, C));
+    cuda::column_sum<float>(R, C, gx.get(), go.get(), ws.get(), cuda::current_stream());
+    expect_close(read(go), o, kF32Grad, "column_sum R" + std::to_string(R) + " C" + std::to_string(C), wc);
+  }
+}
+
+// ================================================================ embeddings
+namespace {
+template <class T, class I>
+void embedding_case(int64_t B, int64_t Tn, int64_t V, int64_t C, bool with_pos, uint64_t seed, WorstError& w) {
+  const double tol = std::is_same_v<T, bf16> ? kBf16 : kF32Fwd;
+  const int64_t N = B * Tn;
+  Rng rng(seed);
+  const std::vector<double> table = stored<T>(randn(size_t(V * C), rng)), pos = stored<T>(randn(size_t(Tn * C), rng));
+  std::vector<I> ids(static_cast<size_t>(N));
+  for (auto& id : ids) id = I(rng.below(uint64_t(std::min<int64_t>(V, 5))));  // many repeats
+  if (N > 2) ids[size_t(N - 1)] = I(V - 1);
+  const std::vector<double> gout = stored<T>(randn(size_t(N * C), rng));
+  const std::vector<double> gt0 = stored<T>(randn(size_t(V * C), rng)), gp0 = stored<T>(randn(size_t(Tn * C), rng));
+  // CPU: embedding then the broadcast add of pos; backward: scatter-add, and the add's sum over B
+  std::vector<double> out(size_t(N * C)), gt = gt0, gp = gp0;
+  cpu::embedding_forward<double, I>(N, V, C, table.data(), ids.data(), out.data());
+  if (with_pos) cpu::add_forward<double>(B, Tn * C, out.data(), pos.data(), out.data());
+  cpu::embedding_backward<double, I>(N, V, C, ids.data(), gout.data(), gt.data());
+  if (with_pos) cpu::add_backward<double>(B, Tn * C, gout.data(), nullptr, gp.data());
+
+  DevBuf<T> gtable = upload<T>(table), gpos = upload<T>(pos), gy(size_t(N * C));
+  DevBuf<I> gids(static_cast<size_t>(N));
+  device_copy(gids.get(), Device::cuda(0), ids.data(), Device::cpu(), ids.size() * sizeof(I));
+  DevBuf<int> flag(1);
+  write<int>(flag.get(), {0.0});
+  cuda::embedding_forward<T, I>(N, Tn, V, C, gtable.get(), gids.get(), with_pos ? gpos.get() : nullptr, gy.get(),
+                                flag.get(), cuda::current_stream());
+  const cuda::EmbeddingIndex ix = cuda::embedding_build_index<I>(N, V, ids.data());
+  auto up32 = [](const std::vector<int32_t>& v) {
+    DevBuf<int32_t> b(v.size());
+    if (!v.empty()) device_copy(b.get(), Device::cuda(0), v.data(), Device::cpu(), v.size() * sizeof(int32_t));
+    return b;
+  };
+  DevBuf<int32_t> rows = up32(ix.rows), offsets = up32(ix.offsets), positions = up32(ix.positions);
+  DevBuf<T> ggout = upload<T>(gout), ggt = upload<T>(gt0), ggp = upload<T>(gp0);
+  cuda::embedding_backward<T>(int64_t(ix.rows.size()), C, rows.get(), offsets.get(), positions.get(), ggout.get(),
+                              ggt.get(), cuda::current_stream());
+  if (with_pos) cuda::positional_backward<T>(B, Tn, C, ggout.get(), ggp.get(), cuda::current_stream());
+  const std::string label = std::string(type_name<T>()) + (sizeof(I) == 4 ? " i32" : " i64") + " B" +
+                            std::to_string(B) + " T" + std::to_string(Tn) + " V" + std::to_string(V) + " C" +
+                            std::to_string(C);
+  INFO(label);
+  expect_close(read(gy), out, tol, label + " out", w);
+  expect_close(read(ggt), gt, tol, label + " grad_table", w);
+  if (with_pos) expect_close(read(ggp), gp, tol, label + " grad_pos", w);
+  CHECK(read(flag)[0] == 0);
+}
+}  // namespace
+
+CLIPCU_GPU_TEST("cuda embedding: token + positional forward and deterministic scatter-add backward") {
+  WorstError w{"embedding", 0.0, {}};
+  uint64_t seed = 700;
+  for (auto [B, Tn, V, C] : {std::array<int64_t, 4>{1, 1, 1, 1}, {2, 7, 11, 13}, {4, 77, 300, 64}, {3, 5, 49408, 32}}) {
+    embedding_case<float, int64_t>(B, Tn, V, C, true, seed++, w);
+    embedding_case<bf16, int32_t>(B, Tn, V, C, true, seed++, w);
+    embedding_case<float, int32_t>(B, Tn, V, C, false, seed++, w);
+  }
+  // an id outside the table: a zero row and the error flag, no out-of-bounds read
+  const std::vector<int32_t> bad = {0, 5, 1};
+  DevBuf<int32_t> ids(3);
+  device_copy(ids.get(), Device::cuda(0), bad.data(), Device::cpu(), 3 * sizeof(int32_t));
+  DevBuf<float> table = upload<float>(std::vector<double>(4 * 2, 1.0)), out(3 * 2);
+  DevBuf<int> flag(1);
+  write<int>(flag.get(), {0.0});
+  cuda::embedding_forward<float, int32_t>(3, 3, 4, 2, table.get(), ids.get(), nullptr, out.get(), flag.get(),
+                                          cuda::current_stream());
+  CHECK(read(flag)[0] == 1);
+  CHECK(read(out) == std::vector<double>{1, 1, 0, 0, 1, 1});
+}
+
+CLIPCU_GPU_TEST("cuda class token and end-token gather against the CPU") {
+  WorstError w{"class token, gather", 0.0, {}};
+  for (auto [B, P, C] : {std::array<int64_t, 3>{1, 0, 1}, {2, 49, 64}, {5, 7, 3}}) {
+    Rng rng(uint64_t(B * 100 + P * 10 + C));
+    const std::vector<double> x = randn(size_t(B * P * C), rng), cls = randn(size_t(C), rng);
+    const std::vector<double> pos = randn(size_t((P + 1) * C), rng), dout = randn(size_t(B * (P + 1) * C), rng);
+    const std::vector<double> dx0 = randn(size_t(B * P * C), rng), dcls0 = randn(size_t(C), rng),
+                              dpos0 = randn(size_t((P + 1) * C), rng);
+    // CPU: concat([cls broadcast to [B, 1, C], x], dim 1) + pos, and the backwards of both
+    std::vector<double> clsb(size_t(B * C));
+    for (int64_t b = 0; b < B; ++b) std::copy(cls.begin(), cls.end(), clsb.begin() + b * C);
+    std::vector<double> out(size_t(B * (P + 1) * C)), dx = dx0, dcls = dcls0, dpos = dpos0, dclsb(size_t(B * C), 0.0);
+    cpu::concat_forward_part<double>(B, P + 1, C, 0, 1, clsb.data(), out.data());
+    if (P > 0) cpu::concat_forward_part<double>(B, P + 1, C, 1, P, x.data(), out.data());
+    cpu::add_forward<double>(B, (P + 1) * C, out.data(), pos.data(), out.data());
+    cpu::add_backward<double>(B, (P + 1) * C, dout.data(), nullptr, dpos.data());
+    cpu::concat_backward_part<double>(B, P + 1, C, 0, 1, dout.data(), dclsb.data());
+    if (P > 0) cpu::concat_backward_part<double>(B, P + 1, C, 1, P, dout.data(), dx.data());
+    cpu::sum_rows<double>(B, C, dclsb.data(), dcls.data());
+
+    DevBuf<float> gx = upload<float>(x), gcls = upload<float>(cls), gpos = upload<float>(pos);
+    DevBuf<float> gout(out.size()), gdout = upload<float>(dout), gdx = upload<float>(dx0), gdcls = upload<float>(dcls0),
+                                    gdpos = upload<float>(dpos0);
+    cuda::class_token_forward<float>(B, P, C, gx.get(), gcls.get(), gpos.get(), gout.get(), cuda::current_stream());
+    cuda::class_token_backward<float>(B, P, C, gdout.get(), gdx.get(), gdcls.get(), gdpos.get(), cuda::current_stream());
+    const std::string label = "class token B" + std::to_string(B) + " P" + std::to_string(P) + " C" + std::to_string(C);
+    expect_close(read(gout), out, kF32Fwd, label + " out", w);
+    if (P > 0) expect_close(read(gdx), dx, kF32Grad, label + " dx", w);
+    expect_close(read(gdcls), dcls, kF32Grad, label + " dcls", w);
+    expect_close(read(gdpos), dpos, kF32Grad, label + " dpos", w);
+
+    // end-token gather over the P + 1 tokens
+    const int64_t Tn = P + 1;
+    std::vector<int64_t> index(static_cast<size_t>(B));
+    for (int64_t b = 0; b < B; ++b) index[size_t(b)] = int64_t(rng.below(uint64_t(Tn)));
+    const std::vector<double> gyv = randn(size_t(B * C), rng);
+    std::vector<double> y(size_t(B * C)), gxr = dout;
+    cpu::gather_rows_forward<double, int64_t>(B, Tn, C, out.data(), index.data(), y.data());
+    cpu::gather_rows_backward<double, int64_t>(B, Tn, C, index.data(), gyv.data(), gxr.data());
+    DevBuf<int64_t> gidx(static_cast<size_t>(B));
+    device_copy(gidx.get(), Device::cuda(0), index.data(), Device::cpu(), index.size() * sizeof(int64_t));
+    DevBuf<float> gy(size_t(B * C)), ggx = upload<float>(dout), ggy = upload<float>(gyv);
+    DevBuf<int> flag(1);
+    write<int>(flag.get(), {0.0});
+    cuda::gather_rows_forward<float, int64_t>(B, Tn, C, gout.get(), gidx.get(), gy.get(), flag.get(),
+                                              cuda::current_stream());
+    cuda::gather_rows_backward<float, int64_t>(B, Tn, C, gidx.get(), ggy.get(), ggx.get(), flag.get(),
+                                               cuda::current_stream());
+    expect_close(read(gy), y, kF32Fwd, label + " gather", w);
+    expect_close(read(ggx), gxr, kF32Grad, label + " gather backward", w);
+    CHECK(read(flag)[0] == 0);
+  }
+}
+
+// ================================================================ contrastive loss
+namespace {
+template <class T>
+void clip_loss_case(int64_t B, int64_t E, double log_scale, uint64_t seed, WorstError& wf, WorstError& wb) {
+  const bool is_bf16 = std::is_same_v<T, bf16>;
+  Rng rng(seed);
+  const std::vector<double> img = stored<T>(randn(size_t(B * E), rng)), txt = stored<T>(randn(size_t(B * E), rng));
+  const double s = stored<T>(log_scale);
+  const std::vector<double> gi0 = stored<T>(randn(size_t(B * E), rng, 0.1)),
+                            gt0 = stored<T>(randn(size_t(B * E), rng, 0.1));
+  const double gs0 = stored<T>(0.25), grad_loss = 1.5;
+  // CPU
+  std::vector<double> in(size_t(B * E)), tn(size_t(B * E)), inorm(static_cast<size_t>(B)), tnorm(static_cast<size_t>(B)), L(size_t(B * B)),
+      r(static_cast<size_t>(B)), c(static_cast<size_t>(B));
+  cpu::ClipLossParams<double> p;
+  p.B = B, p.E = E, p.image = img.data(), p.text = txt.data(), p.log_scale = s;
+  p.image_n = in.data(), p.text_n = tn.data(), p.image_norm = inorm.data(), p.text_norm = tnorm.data();
+  p.logits = L.data(), p.row_lse = r.data(), p.col_lse = c.data();
+  const double loss = cpu::clip_loss_forward<double>(p);
+  std::vector<double> gi = gi0, gt = gt0, gs = {gs0};
+  cpu::clip_loss_backward<double>(p, grad_loss, gi.data(), gt.data(), gs.data());
+  // GPU
+  DevBuf<T> gimg = upload<T>(img), gtxt = upload<T>(txt), gls = upload<T>({s}), glogits(size_t(B * B));
+  DevBuf<float> ws_in(size_t(B * E)), ws_tn(size_t(B * E)), ws_inorm(static_cast<size_t>(B)), ws_tnorm(static_cast<size_t>(B)), ws_r(static_cast<size_t>(B)),
+      ws_c(static_cast<size_t>(B)), ws_loss(1), ws_scratch(static_cast<size_t>(B)), ggl = upload<float>({grad_loss});
+  cuda::ClipLossArgs<T> a;
+  a.B = B, a.E = E, a.image = gimg.get(), a.text = gtxt.get(), a.log_scale = gls.get();
+  a.image_n = ws_in.get(), a.text_n = ws_tn.get(), a.image_norm = ws_inorm.get(), a.text_norm = ws_tnorm.get();
+  a.row_lse = ws_r.get(), a.col_lse = ws_c.get(), a.loss = ws_loss.get(), a.logits = glogits.get();
+  a.scratch = ws_scratch.get();
+  DevBuf<T> ggi = upload<T>(gi0), ggt = upload<T>(gt0), ggs = upload<T>({gs0});
+  cuda::clip_loss_forward(a, cuda::current_stream());
+  cuda::clip_loss_backward(a, ggl.get(), ggi.get(), ggt.get(), ggs.get(), cuda::current_stream());
+  const std::string label = std::string(type_name<T>()) + " B" + std::to_string(B) + " E" + std::to_string(E) +
+                            " s" + std::to_string(log_scale);
+  INFO(label);
+  const double tol_f = is_bf16 ? kBf16 : kF32Fwd, tol_b = is_bf16 ? kBf16 : kF32Grad;
+  // the saved state and the loss are float whatever T is: float tolerances
+  expect_close(read(ws_loss), {loss}, kF32Fwd, label + " loss", wf);
+  expect_close(read(ws_r), r, kF32Fwd, label + " row lse", wf);
+  expect_close(read(ws_c), c, kF32Fwd, label + " col lse", wf);
+  expect_close(read(ws_in), in, kF32Fwd, label + " image_n", wf);
+  expect_close(read(ws_inorm), inorm, kF32Fwd, label + " image_norm", wf);
+  expect_close(read(glogits), L, tol_f, label + " logits", wf);
+  expect_close(read(ggi), gi, tol_b, label + " grad image", wb);
+  expect_close(read(ggt), gt, tol_b, label + " grad text", wb);
+  expect_close(read(ggs), gs, tol_b, label + " grad log_scale", wb);
+}
+}  // namespace
+
+CLIPCU_GPU_TEST("cuda clip loss: fused forward and backward against the CPU") {
+  WorstError wf{"clip loss forward", 0.0, {}}, wb{"clip loss backward", 0.0, {}};
+  uint64_t seed = 900;
+  for (auto [B, E] : maybe_small<std::pair<int64_t, int64_t>>({{1, 1}, {2, 8}, {33, 64}, {40, 1024}, {100, 77}, {257, 512}}, 4))
+    for (double s : {0.0, std::log(1 / 0.07)}) {
+      clip_loss_case<float>(B, E, s, seed++, wf, wb);
+      clip_loss_case<bf16>(B, E, s, seed++, wf, wb);
+    }
+}
+
+// ================================================================ AdamW
+namespace {
+template <class G>
+void adamw_case(bool with_bf16_copy, float max_norm, WorstError& w) {
+  const std::vector<int64_t> sizes = {1, 100, 0, cuda::kAdamWChunk + 7, 3, 200003};
+  const double wd[] = {0.0, 0.2, 0.2, 0.1, 0.0, 0.2};
+  Rng rng(42);
+  struct Host {
+    std::vector<double> p, g, m, v;
+  };
+  std::vector<Host> host(sizes.size());
+  std::vector<DevBuf<float>> dp, dm, dv;
+  std::vector<DevBuf<G>> dg;
+  std::vector<DevBuf<bf16>> dlow;
+  std::vector<cuda::AdamWTensor> desc(sizes.size());
+  for (size_t t = 0; t < sizes.size(); ++t) {
+    const size_t n = size_t(sizes[t]);
+    host[t].p = stored<float>(randn(n, rng));
+    host[t].g = stored<G>(randn(n, rng, 0.1));
+    host[t].m = stored<float>(randn(n, rng, 0.01));
+    host[t].v = randn(n, rng, 0.01);
+    for (double& x : host[t].v) x = stored<float>(x * x);
+    dp.push_back(upload<float>(host[t].p));
+    dm.push_back(upload<float>(host[t].m));
+    dv.push_back(upload<float>(host[t].v));
+    dg.push_back(upload<G>(host[t].g));
+    dlow.emplace_back(n);
+    desc[t].param = dp.back().get();
+    desc[t].param_bf16 = with_bf16_copy ? dlow.back().get() : nullptr;
+    desc[t].grad = dg.back().get();
+    desc[t].exp_avg = dm.back().get();
+    desc[t].exp_avg_sq = dv.back().get();
+    desc[t].n = sizes[t];
+    desc[t].weight_decay = float(wd[t]);
+  }
+  const std::vector<int32_t> start = cuda::adamw_layout(sizes);
+  const int64_t chunks = start.back();
+  DevBuf<cuda::AdamWTensor> ddesc(desc.size());
+  device_copy(ddesc.get(), Device::cuda(0), desc.data(), Device::cpu(), desc.size() * sizeof(cuda::AdamWTensor));
+  DevBuf<int32_t> dstart(start.size());
+  device_copy(dstart.get(), Device::cuda(0), start.data(), Device::cpu(), start.size() * sizeof(int32_t));
+  DevBuf<double> partial(static_cast<size_t>(chunks));
+  DevBuf<float> norm(1), coef(1);
+
+  cuda::AdamWHyper h;
+  h.lr = 1e-3, h.beta1 = 0.9, h.beta2 = 0.98, h.eps = 1e-6;
+  for (int64_t step = 1; step <= 2; ++step) {
+    h.step = step;
+    cuda::grad_norm<G>(int(sizes.size()), ddesc.get(), dstart.get(), chunks, partial.get(), max_norm, norm.get(),
+                       coef.get(), cuda::current_stream());
+    cuda::adamw_step<G>(int(sizes.size()), ddesc.get(), dstart.get(), chunks, h, coef.get(), norm.get(),
+                        cuda::current_stream());
+    // CPU: clip_grad_norm's rule, then torch's AdamW per tensor
+    double ss = 0;
+    for (const Host& x : host) ss += cpu::sum_squares<double>(int64_t(x.g.size()), x.g.data());
+    const double ref_norm = std::sqrt(ss);
+    const double c = (max_norm >= 0 && ref_norm > max_norm) ? max_norm / (ref_norm + 1e-6) : 1.0;
+    const std::string label = std::string(type_name<G>()) + " grads, step " + std::to_string(step) +
+                              (max_norm >= 0 ? " clipped" : "");
+    expect_close(read(norm), {ref_norm}, 1e-6, label + " norm", w);
+    for (size_t t = 0; t < sizes.size(); ++t) {
+      std::vector<double> g = host[t].g;
+      cpu::scale_inplace<double>(int64_t(g.size()), g.data(), c);
+      cpu::AdamWStep st;
+      st.lr = h.lr, st.beta1 = h.beta1, st.beta2 = h.beta2, st.eps = h.eps, st.weight_decay = wd[t], st.t = step;
+      cpu::adamw_step<double>(int64_t(g.size()), st, host[t].p.data(), g.data(), host[t].m.data(), host[t].v.data());
+      const std::string lt = label + " tensor " + std::to_string(t);
+      expect_close(read(dp[t]), host[t].p, kF32Fwd, lt + " param", w);
+      expect_close(read(dm[t]), host[t].m, kF32Fwd, lt + " exp_avg", w);
+      expect_close(read(dv[t]), host[t].v, kF32Fwd, lt + " exp_avg_sq", w);
+      if (with_bf16_copy) expect_close(read(dlow[t]), host[t].p, kBf16, lt + " bf16 copy", w);
+    }
+  }
+  // a NaN gradient: the norm is NaN and the step leaves every parameter as it was
+  write(dg[1].get(), std::vector<double>(1, NAN));
+  const std::vector<double> before = read(dp[3]);
+  cuda::grad_norm<G>(int(sizes.size()), ddesc.get(), dstart.get(), chunks, partial.get(), max_norm, norm.get(),
+                     coef.get(), cuda::current_stream());
+  cuda::adamw_step<G>(int(sizes.size()), ddesc.get(), dstart.get(), chunks, h, coef.get(), norm.get(),
+                      cuda::current_stream());
+  CHECK(std::isnan(read(norm)[0]));
+  CHECK(read(dp[3]) == before);
+}
+}  // namespace
+
+CLIPCU_GPU_TEST("cuda adamw: multi-tensor step, global norm and clipping against the CPU") {
+  WorstError w{"adamw", 0.0, {}};
+  adamw_case<float>(false, -1.f, w);   // no clipping
+  adamw_case<float>(false, 0.5f, w);   // clipped (the norm is about 0.1 sqrt(n) > 0.5)
+  adamw_case<bf16>(true, 1.0f, w);     // bf16 gradients, float32 master weights, bf16 copy
+}
+
+// ================================================================ runtime
+CLIPCU_GPU_TEST("cuda runtime: the caching allocator stops calling cudaMalloc after warm-up") {
+  cuda::CachingAllocator& alloc = cuda::allocator(0);
+  const std::vector<size_t> step_sizes = {1000, 1 << 20, 3 << 20, 123457, 512, 77 * 512 * 4};
+  auto one_step = [&] {
+    std::vector<void*> ptrs;
+    for (size_t s : step_sizes) ptrs.push_back(alloc.allocate(s));
+    for (void* p : ptrs) alloc.free(p);
+  };
+  one_step();  // warm-up
+  const cuda::AllocatorStats warm = alloc.stats();
+  for (int i = 0; i < 10; ++i) one_step();
+  const cuda::AllocatorStats after = alloc.stats();
+  CHECK(after.device_mallocs == warm.device_mallocs);
+  CHECK(after.cache_hits - warm.cache_hits == 10 * step_sizes.size());
+  CHECK(after.in_use_bytes == warm.in_use_bytes);
+  MESSAGE("allocator: " << after.device_mallocs << " cudaMalloc, " << after.cache_hits << " cache hits, peak "
+                        << after.peak_in_use_bytes << " bytes");
+}
+
+CLIPCU_GPU_TEST("cuda runtime: pinned staging uploads in stream order") {
+  const size_t n = 1 << 16;
+  DevBuf<float> a(n), b(n);
+  std::vector<float> h(n);
+  for (int round = 0; round < 3; ++round) {
+    for (size_t i = 0; i < n; ++i) h[i] = float(i) + 0.5f * float(round);
+    cuda::staging().upload(a.get(), h.data(), n * sizeof(float));
+    for (size_t i = 0; i < n; ++i) h[i] = -float(i) - float(round);  // the host buffer is free at once
+    cuda::staging().upload(b.get(), h.data(), n * sizeof(float));
+    const std::vector<double> ra = read(a), rb = read(b);
+    bool ok = true;
+    for (size_t i = 0; i < n; ++i)
+      ok = ok && ra[i] == double(float(i) + 0.5f * float(round)) && rb[i] == double(-float(i) - float(round));
+    CHECK_MESSAGE(ok, "round " << round);
+  }
+}
+
+// ================================================================ host side (no GPU needed)
+TEST_CASE("cuda host: allocator size classes round up by at most 25% in 512-byte steps") {
+  size_t prev = 0;
+  for (size_t bytes : {size_t(0), size_t(1), size_t(512), size_t(513), size_t(1) << 20, (size_t(1) << 20) + 1,
+                       size_t(3) << 20, size_t(123456789), size_t(1) << 34}) {
+    const size_t c = cuda::CachingAllocator::size_class(bytes);
+    CHECK(c >= bytes);
+    CHECK(c % 512 == 0);
+    CHECK(c >= prev);
+    if (bytes > 512) CHECK(double(c) <= 1.25 * double(bytes) + 512);
+    prev = c;
+  }
+  CHECK(cuda::CachingAllocator::size_class((size_t(1) << 20) + 1) == (size_t(5) << 18));
+}
+
+TEST_CASE("cuda host: the embedding index buckets positions by id, in order, and rejects bad ids") {
+  const std::vector<int64_t> ids = {3, 1, 3, 0, 3, 1};
+  const cuda::EmbeddingIndex ix = cuda::embedding_build_index<int64_t>(6, 5, ids.data());
+  CHECK(ix.rows == std::vector<int32_t>{0, 1, 3});
+  CHECK(ix.offsets == std::vector<int32_t>{0, 1, 3, 6});
+  CHECK(ix.positions == std::vector<int32_t>{3, 1, 5, 0, 2, 4});
+  const std::vector<int32_t> bad = {0, 5};
+  CHECK_THROWS_WITH_AS(cuda::embedding_build_index<int32_t>(2, 5, bad.data()),
+                       doctest::Contains("id 5 at position 1 is outside [0, 5)"), clipcu::Error);
+}
+
+TEST_CASE("cuda host: AdamW chunk layout over tensors, empty ones included") {
+  const std::vector<int32_t> s = cuda::adamw_layout({0, cuda::kAdamWChunk * 2, 0, 1, cuda::kAdamWChunk + 1});
+  CHECK(s == std::vector<int32_t>{0, 0, 2, 2, 3, 5});
+  CHECK_THROWS_AS(cuda::adamw_layout({-1}), clipcu::Error);
+}
+
+TEST_CASE("cuda host: launchers reject bad arguments with clipcu::Error before touching the device") {
+  cuda::GemmParams<float> g;
+  g.M = -1, g.N = 2, g.K = 3;
+  CHECK_THROWS_WITH_AS(cuda::gemm(g, nullptr), doctest::Contains("negative size"), clipcu::Error);
+  cuda::AttentionShape s;
+  s.B = 1, s.H = 1, s.Tq = 4, s.Tk = 4, s.D = 200;
+  cuda::AttentionArgs<float> a;
+  CHECK_THROWS_WITH_AS(cuda::attention_forward(s, a, nullptr), doctest::Contains("head dim D 200"), clipcu::Error);
+  s.D = 64, s.Tk = 5, s.causal = true;
+  CHECK_THROWS_WITH_AS(cuda::attention_forward(s, a, nullptr), doctest::Contains("causal needs Tq == Tk"),
+                       clipcu::Error);
+  cuda::LayerNormForwardArgs<bf16> ln;
+  ln.N = 3, ln.C = 0;
+  CHECK_THROWS_AS(cuda::layernorm_forward(ln, nullptr), clipcu::Error);
+  cuda::ClipLossArgs<float> cl;
+  cl.B = 4, cl.E = 4096;
+  CHECK_THROWS_WITH_AS(cuda::clip_loss_forward(cl, nullptr), doctest::Contains("E 4096"), clipcu::Error);
+}
+
+#endif  // CLIPCU_WITH_CUDA
+
+// Last in the file (doctest runs test cases in file order): without a GPU, every
+// CLIPCU_GPU_TEST above was skipped; exiting with 77 makes ctest report this program's run as
+// Skipped instead of letting it pass.
+TEST_CASE("cuda ops: a GPU answers (otherwise the GPU tests are SKIPPED)") {
+  if (!clipcu::test::gpu_available()) {
+#ifdef CLIPCU_WITH_CUDA
+    std::fprintf(stderr, "test_cuda_ops: no GPU answers: the GPU tests were SKIPPED (not passed)\n");
+#else
+    std::fprintf(stderr, "test_cuda_ops: this build has no CUDA backend: the GPU tests were SKIPPED\n");
+#endif
+    std::fflush(stderr);
+    std::_Exit(77);
+  }
+  CHECK(clipcu::cuda_available());
+}

@@ -1,0 +1,274 @@
+#!/usr/bin/env bash
+# One check of the whole project on a GPU machine: configure and build Release with all cores,
+# run the CUDA tests, compute-sanitizer (memcheck over the CUDA tests, racecheck over the kernels
+# that use shared memory), every other test, and the benchmarks, then write OUTDIR/report.md
+# (GPU, driver, CUDA, pass/fail per stage with timings, what failed) beside the raw logs.
+# Meant to finish within 8 minutes on an H100: every stage has a time limit, and a stage cut
+# short is reported as TIMEOUT, never as passed.
+#
+# usage: tools/device-check.sh OUTDIR [--prefix DIR] [--build-dir DIR] [--arch ARCHS] [--jobs N]
+#                              [--no-bench] [--no-sanitizers]
+#   --prefix DIR   what tools/device-prepare.sh made (default: <repo>/.deps when it exists):
+#                  DIR/debs/*.deb are unpacked into DIR/root and put on CMAKE_PREFIX_PATH,
+#                  PKG_CONFIG_PATH and LD_LIBRARY_PATH; DIR/golden and DIR/vocab become
+#                  CLIPCU_GOLDEN and CLIPCU_VOCAB.
+#   --arch ARCHS   CMAKE_CUDA_ARCHITECTURES (default: the GPU's own, e.g. 90a on an H100)
+# Files written (at most 8, flat, for the device tool's copy-back): report.md, env.log,
+# build.log, test_cuda.log, sanitizer.log, ctest.log, bench.log.
+# Exit status: 0 when every stage passed, 1 otherwise.
+set -uo pipefail
+
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[ $# -ge 1 ] || usage
+OUTDIR="$1"; shift
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PREFIX=""
+[ -d "$repo/.deps" ] && PREFIX="$repo/.deps"
+BUILD="$repo/build/device-check"
+ARCH=""
+JOBS="$(nproc)"
+BENCH=1
+SANITIZE=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --prefix) PREFIX="$(cd "$2" && pwd)"; shift 2 ;;
+    --build-dir) BUILD="$2"; shift 2 ;;
+    --arch) ARCH="$2"; shift 2 ;;
+    --jobs) JOBS="$2"; shift 2 ;;
+    --no-bench) BENCH=0; shift ;;
+    --no-sanitizers) SANITIZE=0; shift ;;
+    -h|--help) usage ;;
+    *) echo "device-check: unknown argument $1" >&2; usage ;;
+  esac
+done
+mkdir -p "$OUTDIR"
+OUTDIR="$(cd "$OUTDIR" && pwd)"
+REPORT="$OUTDIR/report.md"
+
+T0=$(date +%s)
+DEADLINE=$((T0 + 470))  # 7 min 50 s: the report is written before 8 minutes
+now() { date +%s; }
+left() { echo $((DEADLINE - $(now))); }
+
+# ---------------------------------------------------------------- stage bookkeeping
+STAGES=()   # "name|result|seconds|detail"
+FAILED=()
+record() {  # name result seconds detail
+  STAGES+=("$1|$2|$3|$4")
+  case "$2" in PASS|SKIP) ;; *) FAILED+=("$1 ($2)") ;; esac
+  write_report
+}
+# Runs "$@" with a time limit of min(cap, time left - reserve); sets RC (124 = timed out) and SECS.
+timed() {
+  local cap="$1"; shift
+  local budget; budget=$(( $(left) - 15 ))
+  [ "$budget" -gt "$cap" ] && budget="$cap"
+  if [ "$budget" -lt 10 ]; then RC=124; SECS=0; return; fi
+  local t; t=$(now)
+  timeout --kill-after=10 "$budget" "$@"
+  RC=$?
+  SECS=$(( $(now) - t ))
+}
+verdict() {  # exit code -> PASS / FAIL / TIMEOUT
+  case "$1" in 0) echo PASS ;; 124|137) echo TIMEOUT ;; *) echo "FAIL" ;; esac
+}
+
+GPU="(none found)"; DRIVER="?"; CUDA_VER="?"; CAP=""
+write_report() {
+  {
+    if [ ${#FAILED[@]} -eq 0 ]; then
+      echo "# device check: PASS (so far: every stage below passed)"
+    else
+      echo "# device check: FAIL"
+      echo
+      echo "Failed: ${FAILED[*]}"
+    fi
+    echo
+    echo "- GPU: $GPU (compute capability $CAP), driver $DRIVER"
+    echo "- CUDA: $CUDA_VER; built for CMAKE_CUDA_ARCHITECTURES=${ARCH:-?}"
+    echo "- commit: $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo ?)$(git -C "$repo" status --porcelain 2>/dev/null | grep -q . && echo ' (with uncommitted changes)')"
+    echo "- started $(date -d @"$T0" -u '+%Y-%m-%d %H:%M:%S UTC'), elapsed $(( $(now) - T0 )) s"
+    echo
+    echo "| stage | result | seconds | detail |"
+    echo "|---|---|---|---|"
+    for s in "${STAGES[@]}"; do
+      IFS='|' read -r n r t d <<<"$s"
+      echo "| $n | $r | $t | $d |"
+    done
+    [ -n "${EXTRA:-}" ] && printf '\n%s\n' "$EXTRA"
+  } >"$REPORT"
+}
+EXTRA=""
+add_extra() { EXTRA+=$'\n'"$1"; write_report; }
+
+# ---------------------------------------------------------------- environment
+{
+  echo "== nvidia-smi"; nvidia-smi 2>&1
+  echo "== nvcc"; (command -v nvcc || echo /usr/local/cuda/bin/nvcc); (nvcc --version || /usr/local/cuda/bin/nvcc --version) 2>&1
+  echo "== cmake"; cmake --version 2>&1 | head -1
+  echo "== c++"; c++ --version 2>&1 | head -1
+  echo "== compute-sanitizer"; (compute-sanitizer --version || /usr/local/cuda/bin/compute-sanitizer --version) 2>&1 | head -3
+  echo "== cores"; nproc
+} >"$OUTDIR/env.log" 2>&1
+if command -v nvidia-smi >/dev/null 2>&1; then
+  GPU="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)"
+  DRIVER="$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -1)"
+  CAP="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1)"
+fi
+NVCC="$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)"
+CUDA_VER="$("$NVCC" --version 2>/dev/null | grep -o 'release [0-9.]*' | head -1)"
+SANITIZER="$(command -v compute-sanitizer || echo "$(dirname "$NVCC")/compute-sanitizer")"
+if [ -z "$ARCH" ]; then
+  case "$CAP" in
+    9.0) ARCH="90a" ;;
+    "") ARCH="80;90a" ;;
+    *) ARCH="${CAP/./}" ;;
+  esac
+fi
+write_report
+
+# ---------------------------------------------------------------- carried dependencies
+if [ -n "$PREFIX" ]; then
+  t=$(now); note=""
+  root="$PREFIX/root"
+  if ls "$PREFIX"/debs/*.deb >/dev/null 2>&1; then
+    rm -rf "$root"; mkdir -p "$root"
+    for f in "$PREFIX"/debs/*.deb; do dpkg -x "$f" "$root" || note+="dpkg -x failed: $(basename "$f"); "; done
+    libdir="$root/usr/lib/x86_64-linux-gnu"
+    # .pc files say prefix=/usr: point them at the unpacked tree
+    for pc in "$libdir"/pkgconfig/*.pc "$root"/usr/share/pkgconfig/*.pc; do
+      [ -f "$pc" ] && sed -i "s|^prefix=/usr\$|prefix=$root/usr|" "$pc"
+    done
+    # -dev symlinks to runtime files that did not travel (libarchive.so -> .so.13.x): use the
+    # system's library of the same soname
+    for l in "$libdir"/*.so; do
+      [ -L "$l" ] && [ ! -e "$l" ] || continue
+      target="$(readlink "$l")"; soname="$(echo "$target" | sed -E 's/^(.*\.so\.[0-9]+).*/\1/')"
+      sys="$(ldconfig -p | awk -v s="$soname" '$1 == s && /x86-64/ {print $NF; exit}')"
+      if [ -n "$sys" ]; then ln -sf "$sys" "$l"; else note+="no system $soname for $(basename "$l"); "; fi
+    done
+    export CMAKE_PREFIX_PATH="$root/usr${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
+    export PKG_CONFIG_PATH="$libdir/pkgconfig:$root/usr/share/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
+    export LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  fi
+  [ -d "$PREFIX/golden" ] && export CLIPCU_GOLDEN="$PREFIX/golden"
+  [ -f "$PREFIX/vocab/bpe_simple_vocab_16e6.txt.gz" ] && export CLIPCU_VOCAB="$PREFIX/vocab/bpe_simple_vocab_16e6.txt.gz"
+  record "prefix $PREFIX" "$([ -z "$note" ] && echo PASS || echo FAIL)" $(( $(now) - t )) \
+    "${note:-debs unpacked; CLIPCU_GOLDEN=${CLIPCU_GOLDEN:-unset}}"
+fi
+
+# ---------------------------------------------------------------- configure + build
+timed 120 cmake -S "$repo" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCLIPCU_CUDA=ON \
+  "-DCMAKE_CUDA_ARCHITECTURES=$ARCH" "-DCMAKE_CUDA_COMPILER=$NVCC" >"$OUTDIR/build.log" 2>&1
+if [ "$RC" -ne 0 ]; then
+  record configure "$(verdict $RC)" "$SECS" "see build.log"
+else
+  record configure PASS "$SECS" "$(grep -E 'clipcu: (CUDA|OpenBLAS)' "$OUTDIR/build.log" | sed 's/-- //' | tr '\n' ' ')"
+  timed 300 cmake --build "$BUILD" -j "$JOBS" >>"$OUTDIR/build.log" 2>&1
+  if [ "$RC" -eq 0 ]; then
+    warnings=$(grep -c -i 'warning' "$OUTDIR/build.log")
+    record build PASS "$SECS" "all targets, -j$JOBS; $warnings lines mention a warning"
+  else
+    errs="$(grep -E 'error' "$OUTDIR/build.log" | head -3 | tr '|' '/' | cut -c1-160 | tr '\n' ' ')"
+    record build "$(verdict $RC)" "$SECS" "all targets: $errs"
+    # the CUDA checks still run if their own targets build (another module may be broken)
+    timed 240 cmake --build "$BUILD" -j "$JOBS" --target test_cuda_ops >>"$OUTDIR/build.log" 2>&1
+    record "build test_cuda_ops alone" "$(verdict $RC)" "$SECS" ""
+  fi
+fi
+
+# ---------------------------------------------------------------- benchmarks (function)
+# run_benches PATTERN: every executable bench/PATTERN, each for at most 90 s, into bench.log.
+run_benches() {
+  local b name
+  for b in "$BUILD"/bench/$1; do
+    [ -x "$b" ] || continue
+    [[ "$1" == 'bench_*' && "$b" == */bench_cuda* ]] && continue  # ran before
+    name="$(basename "$b")"
+    echo "===== $name" >>"$OUTDIR/bench.log"
+    timed 90 "$b" --benchmark_min_time=0.05 --benchmark_counters_tabular=true >>"$OUTDIR/bench.log" 2>&1
+    record "bench $name" "$(verdict $RC)" "$SECS" ""
+    [ "$(left)" -lt 30 ] && break
+  done
+}
+: >"$OUTDIR/bench.log"
+
+# ---------------------------------------------------------------- CUDA tests
+TCO="$BUILD/tests/test_cuda_ops"
+if [ -x "$TCO" ]; then
+  timed 150 "$TCO" --duration=true >"$OUTDIR/test_cuda.log" 2>&1
+  summary="$(grep -E '^\[doctest\] (test cases|assertions)' "$OUTDIR/test_cuda.log" | tr '\n' ' ')"
+  if [ "$RC" -eq 77 ]; then
+    record "CUDA tests (test_cuda_ops)" FAIL "$SECS" "exit 77: no GPU answered, the GPU tests were skipped"
+  else
+    record "CUDA tests (test_cuda_ops)" "$(verdict $RC)" "$SECS" "$summary"
+  fi
+  worst="$(grep -E 'worst rel err' "$OUTDIR/test_cuda.log" | sed -E 's/^.*MESSAGE: //' | sort -u | sed 's/^/    /')"
+  fails="$(grep -E 'ERROR:|FAILED!' -A2 "$OUTDIR/test_cuda.log" | head -40 | sed 's/^/    /')"
+  add_extra "## CUDA tests: worst relative error per group"$'\n\n'"${worst:-    (none printed)}"
+  [ -n "$fails" ] && add_extra "## CUDA test failures (first lines; test_cuda.log has all)"$'\n\n'"$fails"
+else
+  record "CUDA tests (test_cuda_ops)" FAIL 0 "not built"
+fi
+
+# ---------------------------------------------------------------- CUDA benchmarks (before the
+# slower stages: with the CUDA tests they are what only a GPU machine can tell)
+if [ "$BENCH" -eq 1 ]; then
+  run_benches 'bench_cuda*'
+  cuda_lines="$(sed -n '/===== bench_cuda/,/=====/p' "$OUTDIR/bench.log" | grep -E '^(copy|gemm|attention|layernorm|clip|Benchmark|-)' | head -45 | sed 's/^/    /')"
+  [ -n "$cuda_lines" ] && add_extra "## CUDA benchmarks (bench.log has all)"$'\n\n'"$cuda_lines"
+fi
+
+# ---------------------------------------------------------------- compute-sanitizer
+: >"$OUTDIR/sanitizer.log"
+if [ "$SANITIZE" -eq 1 ] && [ -x "$TCO" ]; then
+  # small shapes (CLIPCU_TEST_SMALL) and no ViT-sized GEMMs: the tools slow kernels down a lot
+  exclude='*ViT-B/32*'
+  for tool in memcheck racecheck; do
+    case "$tool" in
+      memcheck) cases='*' ;;
+      # the kernels that use shared memory: all but embedding (plain row copies) and the runtime
+      racecheck) cases='cuda gemm*,cuda attention*,cuda layernorm*,cuda bias*,cuda clip loss*,cuda adamw*' ;;
+    esac
+    echo "===== compute-sanitizer --tool $tool (test cases: $cases)" >>"$OUTDIR/sanitizer.log"
+    timed 150 env CLIPCU_TEST_SMALL=1 "$SANITIZER" --tool "$tool" --error-exitcode 3 --print-limit 20 \
+      "$TCO" "--test-case=$cases" "--test-case-exclude=$exclude" >>"$OUTDIR/sanitizer.log" 2>&1
+    summary="$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUTDIR/sanitizer.log" | tail -1)"
+    case "$RC" in
+      0) res=PASS ;;
+      3) res="FAIL (errors found)" ;;
+      124|137) res=TIMEOUT ;;
+      *) res="FAIL (exit $RC: tests failed or the tool broke)" ;;
+    esac
+    record "compute-sanitizer $tool" "$res" "$SECS" "${summary:-no summary line}"
+  done
+elif [ "$SANITIZE" -eq 0 ]; then
+  record "compute-sanitizer" SKIP 0 "--no-sanitizers"
+else
+  record "compute-sanitizer" "NOT RUN" 0 "test_cuda_ops was not built"
+fi
+
+# ---------------------------------------------------------------- every other test
+if [ -d "$BUILD/tests" ]; then
+  # test_cuda_ops ran above in full; its cases start with "cuda "
+  timed 200 ctest --test-dir "$BUILD" -j "$JOBS" --timeout 180 --output-on-failure -E '^cuda ' >"$OUTDIR/ctest.log" 2>&1
+  summary="$(grep -E 'tests passed|tests failed' "$OUTDIR/ctest.log" | tail -1)"
+  failed="$(sed -n '/The following tests FAILED/,$p' "$OUTDIR/ctest.log" | grep -E '^\s+[0-9]+ - ' | head -15 | sed 's/^\s*/    /')"
+  skipped="$(grep -c 'Skipped' "$OUTDIR/ctest.log")"
+  record "ctest (all other tests)" "$(verdict $RC)" "$SECS" "${summary:-no summary}; $skipped lines say Skipped"
+  [ -n "$failed" ] && add_extra "## ctest failures"$'\n\n'"$failed"
+else
+  record "ctest (all other tests)" "NOT RUN" 0 "no build"
+fi
+
+# ---------------------------------------------------------------- the other benchmarks
+if [ "$BENCH" -eq 1 ]; then
+  run_benches 'bench_*'
+else
+  record bench SKIP 0 "--no-bench"
+fi
+
+write_report
+echo "device-check: report in $REPORT"
+cat "$REPORT"
+[ ${#FAILED[@]} -eq 0 ]
