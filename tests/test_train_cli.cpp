@@ -162,6 +162,26 @@ TEST_CASE("a truncated checkpoint is a clear error, the previous one still resum
   CHECK_MESSAGE(out.find("skipping unusable checkpoint") != std::string::npos, out);
 }
 
+TEST_CASE("Ctrl-C saves a checkpoint and exits cleanly, and the run resumes from it") {
+  const TinyData& d = tiny_data();
+  std::string logs = test::temp_dir("train_cli_sigint"), out;
+  // start a long run, wait until it has logged a step, interrupt it like Ctrl-C does
+  std::string cmd = "(";
+  cmd.append(test::clipcu_binary()).append(" ").append(base_args(d, logs, "run"));
+  cmd.append(" --steps 100000 --log-every-n-steps 1 & pid=$!; for i in $(seq 1 600); do [ -s ");
+  cmd.append(q(logs + "/run/metrics.jsonl")).append(" ] && break; sleep 0.1; done; kill -INT $pid; wait $pid; echo exit=$?)");
+  test::run_command(cmd, &out);
+  CHECK_MESSAGE(out.find("exit=130") != std::string::npos, out);
+  CHECK_MESSAGE(out.find("interrupted at step") != std::string::npos, out);
+  auto c = train::CheckpointManager::load_latest(logs + "/run/checkpoints");
+  REQUIRE(c.has_value());
+  CHECK(c->step >= 1);
+  int64_t at = c->step;
+  REQUIRE_MESSAGE(run_clipcu(base_args(d, logs, "run") + " --steps " + std::to_string(at + 2) + " --resume latest", &out) == 0,
+                  out);
+  CHECK(fs::exists(logs + "/run/weights.safetensors"));
+}
+
 // From pretrained weights, no augmentation, constant learning rate: the command's steps are the
 // reference's (OpenAI's model + torch.optim.AdamW with open_clip's exclusions, the golden files).
 static void check_cli_parity(const std::string& tag) {

@@ -451,7 +451,8 @@ TrainResult train(const TrainOptions& o) {
     }
     if (!o.quiet) {
       char f[160];
-      std::snprintf(f, sizeof f, "loss %.4f lr %.2e scale %.1f%s", loss, lr, scale,
+      double sps = result.train_seconds > 0 ? double(run_steps) * double(o.batch_size) / result.train_seconds : 0.0;
+      std::snprintf(f, sizeof f, "%.0f samples/s loss %.4f lr %.2e scale %.1f%s", sps, loss, lr, scale,
                     skipped_total ? (" skipped " + std::to_string(skipped_total)).c_str() : "");
       progress.update(step, f);
     }
