@@ -1,21 +1,28 @@
 // CPU reference ops on CLIP-tiny shapes: every gemm variant on the linear layers' shapes (forward
-// and the two gradient forms), layer norm and attention forward + backward.
+// and the two gradient forms), layer norm, attention forward + backward (both variants),
+// quick_gelu (baseline and AVX2 loops), permutes, and the attention block's head layout as the
+// slice + reshape + permute composition against the fused split_qkv_heads / merge_heads ops.
 //
 // CLIP-tiny here: width 96, 2 heads of 48, image tokens 65 (32 px, patch 4, + class token), text
-// context 12, MLP 384, batch 128, so the linear layers see M = 128 * 65 = 8320 rows.
+// context 16, MLP 384, batch 128, so the linear layers see M = 128 * 65 = 8320 rows.
 // Each benchmark runs for about 0.1 s, and the naive oracle only on a 520-row slice, so the
 // default run stays short. Times are wall-clock (OpenMP / OpenBLAS threads work in parallel);
-// GFLOP/s counts 2 * M * N * K per gemm.
+// GFLOP/s counts 2 * M * N * K per gemm. On a shared machine compare the CPU column with
+// OMP_NUM_THREADS=1.
 //   build/<dir>/bench/bench_cpu_ops [--benchmark_filter=gemm]
 #include <benchmark/benchmark.h>
 
 #include <cmath>
 #include <vector>
 
+#include "engine/autograd.h"
+#include "engine/ops.h"
 #include "engine/rng.h"
+#include "kernels/cpu/activation.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/layernorm.h"
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/shape.h"
 
 using namespace clipcu;
 
@@ -102,9 +109,10 @@ void BM_layernorm(benchmark::State& state) {
 BENCHMARK(BM_layernorm)->ArgNames({"N", "C", "bwd"})->Args({8320, 96, 0})->Args({8320, 96, 1})
     ->Args({1536, 96, 0})->Args({1536, 96, 1})->MinTime(kMinTime)->UseRealTime()->Unit(benchmark::kMicrosecond);
 
-// args: B, H, T, D, causal, backward.
+// args: variant, B, H, T, D, causal, backward.
 void BM_attention(benchmark::State& state) {
   cpu::AttentionParams p;
+  p.variant = cpu::AttentionVariant(state.range(6));
   p.B = state.range(0);
   p.H = state.range(1);
   p.Tq = p.Tk = state.range(2);
@@ -125,17 +133,101 @@ void BM_attention(benchmark::State& state) {
     }
     benchmark::ClobberMemory();
   }
-  state.SetLabel(std::string(p.causal ? "causal " : "") + (bwd ? "backward" : "forward"));
+  state.SetLabel(std::string(cpu::attention_variant_name(p.variant)) + (p.causal ? " causal " : " ") +
+                 (bwd ? "backward" : "forward"));
   // Products of [Tq, Tk, D] size, 2 flops each: forward q k^T and P v; backward the recomputed
   // scores, dP, dV, dQ and dK. A causal mask halves them.
   const double flops = (bwd ? 10.0 : 4.0) * double(p.B * p.H) * double(p.Tq) * double(p.Tk) * double(p.D) *
                        (p.causal ? 0.5 : 1.0);
   state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
-BENCHMARK(BM_attention)->ArgNames({"B", "H", "T", "D", "causal", "bwd"})
-    ->Args({128, 2, 65, 48, 0, 0})->Args({128, 2, 65, 48, 0, 1})   // image tower
-    ->Args({128, 2, 12, 48, 1, 0})->Args({128, 2, 12, 48, 1, 1})   // text tower
+void attention_args(benchmark::internal::Benchmark* b) {
+  for (auto v : {cpu::AttentionVariant::Rowwise, cpu::AttentionVariant::Gemm}) {
+    for (int bwd = 0; bwd < 2; ++bwd) {
+      b->Args({128, 2, 65, 48, 0, bwd, int64_t(v)});  // image tower
+      b->Args({128, 2, 16, 48, 1, bwd, int64_t(v)});  // text tower
+    }
+  }
+}
+BENCHMARK(BM_attention)->ArgNames({"B", "H", "T", "D", "causal", "bwd", "variant"})->Apply(attention_args)
     ->MinTime(kMinTime)->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+// args: SIMD level (cpu::SimdLevel), backward (0/1). quick_gelu on the MLP's hidden activations
+// [128 * 65, 384].
+void BM_quick_gelu(benchmark::State& state) {
+  const auto level = cpu::SimdLevel(state.range(0));
+  const bool bwd = state.range(1) != 0;
+  if (!cpu::simd_level_available(level)) {
+    state.SkipWithError("no AVX2 on this CPU");
+    return;
+  }
+  const int64_t n = 128 * 65 * 384;
+  std::vector<float> x = random_vector(n, 12), dy = random_vector(n, 13), y = zeros(n), dx = zeros(n);
+  for (auto _ : state) {
+    if (bwd) {
+      cpu::activation_backward<float>(cpu::Activation::QuickGELU, n, x.data(), y.data(), dy.data(), dx.data(), level);
+    } else {
+      cpu::activation_forward<float>(cpu::Activation::QuickGELU, n, x.data(), y.data(), level);
+    }
+    benchmark::ClobberMemory();
+  }
+  state.SetLabel(std::string(cpu::simd_level_name(level)) + (bwd ? " backward" : " forward"));
+  state.SetBytesProcessed(int64_t(state.iterations()) * n * int64_t(sizeof(float)) * (bwd ? 4 : 2));
+}
+BENCHMARK(BM_quick_gelu)->ArgNames({"simd", "bwd"})->Args({1, 0})->Args({2, 0})->Args({1, 1})->Args({2, 1})
+    ->MinTime(kMinTime)->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+// args: case (0: heads split [B, T, H, D] -> [B, H, T, D], 1: patch tokens [B, C, HW] -> [B, HW, C]),
+// accumulate (the backward form).
+void BM_permute(benchmark::State& state) {
+  const int c = int(state.range(0));
+  const bool acc = state.range(1) != 0;
+  const std::vector<int64_t> shape = c == 0 ? std::vector<int64_t>{128, 65, 2, 48} : std::vector<int64_t>{128, 96, 64};
+  const std::vector<int> dims = c == 0 ? std::vector<int>{0, 2, 1, 3} : std::vector<int>{0, 2, 1};
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  std::vector<float> x = random_vector(n, 14), y = zeros(n);
+  for (auto _ : state) {
+    cpu::permute<float>(int(shape.size()), shape.data(), dims.data(), x.data(), y.data(), acc);
+    benchmark::ClobberMemory();
+  }
+  state.SetLabel(std::string(c == 0 ? "heads [B,T,H,D]->[B,H,T,D]" : "tokens [B,C,HW]->[B,HW,C]") +
+                 (acc ? " accumulate" : ""));
+  state.SetBytesProcessed(int64_t(state.iterations()) * n * int64_t(sizeof(float)) * (acc ? 3 : 2));
+}
+BENCHMARK(BM_permute)->ArgNames({"case", "acc"})->Args({0, 0})->Args({0, 1})->Args({1, 0})->Args({1, 1})
+    ->MinTime(kMinTime)->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+// args: fused (0: slice + reshape + permute per part and permute + reshape back, as
+// nn::MultiheadAttention does it; 1: split_qkv_heads + merge_heads). One forward and backward of
+// the head layouts around an attention block of the image tower (B 128, T 65, H 2, D 48), on the
+// tape, gradients included.
+void BM_qkv_heads(benchmark::State& state) {
+  const bool fused = state.range(0) != 0;
+  const int64_t B = 128, T = 65, H = 2, D = 48, W = H * D;
+  Rng rng(15);
+  Tensor qkv = Tensor::randn({B, T, 3 * W}, rng).set_requires_grad(true);
+  Tensor seed = Tensor::randn({B, T, W}, rng);
+  for (auto _ : state) {
+    tape().clear();
+    qkv.zero_grad();
+    std::vector<Tensor> p;
+    if (fused) {
+      p = ops::split_qkv_heads(qkv, H);
+    } else {
+      for (int64_t i = 0; i < 3; ++i)
+        p.push_back(ops::permute(ops::reshape(ops::slice(qkv, 2, i * W, (i + 1) * W), {B, T, H, D}), {0, 2, 1, 3}));
+    }
+    // stand-in for attention: o = q + k + v keeps all three parts on the tape
+    Tensor o = ops::add(ops::add(p[0], p[1]), p[2]);
+    Tensor merged = fused ? ops::merge_heads(o) : ops::reshape(ops::permute(o, {0, 2, 1, 3}), {B, T, W});
+    backward(merged, seed);
+    benchmark::DoNotOptimize(qkv.grad().raw());
+  }
+  state.SetLabel(fused ? "split_qkv_heads + merge_heads" : "slice + reshape + permute (x3) + permute + reshape");
+}
+BENCHMARK(BM_qkv_heads)->ArgNames({"fused"})->Arg(0)->Arg(1)->MinTime(kMinTime)->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 

@@ -5,8 +5,9 @@
 // inputs' device, and records itself on the tape (engine/autograd.h) when an input requires a
 // gradient. Floating inputs of one op share one dtype: F32 (the reference) or F64 (the
 // finite-difference checks); the CUDA backend adds BF16. Index inputs are I32 or I64.
-// Outputs are new contiguous tensors. Sizes are named as in the math: B batch, T tokens,
-// C channels, H heads, D head dim, N rows, K reduction, E embedding.
+// Outputs are new contiguous tensors, except reshape's, which shares its input's storage.
+// Sizes are named as in the math: B batch, T tokens, C channels, H heads, D head dim, N rows,
+// K reduction, E embedding.
 #pragma once
 #include <vector>
 
@@ -26,8 +27,11 @@ Tensor quick_gelu(const Tensor& x);         // x * sigmoid(1.702 x)
 Tensor gelu(const Tensor& x, bool tanh_approx = false);  // erf form, or the tanh approximation
 Tensor exp(const Tensor& x);
 
-// ---------------------------------------------------------------- shapes (materializing)
-Tensor reshape(const Tensor& x, const Shape& shape);  // one -1 allowed
+// ---------------------------------------------------------------- shapes
+// A view of x with a new shape (one -1 allowed): no copy, the storage is shared, so writing into
+// the result writes into x. Recorded on the tape like any op (its gradient is reshaped back).
+Tensor reshape(const Tensor& x, const Shape& shape);
+// The others materialize a new contiguous tensor.
 Tensor permute(const Tensor& x, const std::vector<int>& dims);
 Tensor slice(const Tensor& x, int dim, int64_t start, int64_t end);  // [start, end) along dim
 Tensor concat(const std::vector<Tensor>& xs, int dim);
@@ -35,6 +39,12 @@ Tensor concat(const std::vector<Tensor>& xs, int dim);
 Tensor gather_rows(const Tensor& x, const Tensor& index);
 Tensor mean(const Tensor& x, int dim, bool keepdim = false);
 Tensor sum_all(const Tensor& x);  // -> [1]
+// Attention head layouts in one copy each. qkv [B, T, 3*H*D] (a fused q/k/v projection: q, k and
+// v side by side along the last dim, each [H, D] head-major) -> {q, k, v}, each [B, H, T, D]:
+// the same as slicing each third and permuting reshape(part, {B, T, H, D}) by {0, 2, 1, 3}.
+std::vector<Tensor> split_qkv_heads(const Tensor& qkv, int64_t H);
+// x [B, H, T, D] -> [B, T, H*D]: the same as reshape(permute(x, {0, 2, 1, 3}), {B, T, H*D}).
+Tensor merge_heads(const Tensor& x);
 
 // ---------------------------------------------------------------- dense
 // a [M, K] (or [K, M] when trans_a) times b [K, N] (or [N, K] when trans_b) -> [M, N].

@@ -124,8 +124,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
     T* yp = y.data<T>();
     if (has_bias) {
       // Each row starts as the bias and gemm adds x W^T onto it (beta = 1): no second pass.
-      const T* bp = bias.data<T>();
-      for (int64_t m = 0; m < M; ++m) std::copy(bp, bp + N, yp + m * N);
+      cpu::fill_rows<T>(M, N, bias.data<T>(), yp);
     }
     cpu::gemm<T>(false, true, M, N, K, T(1), x.data<T>(), weight.data<T>(), has_bias ? T(1) : T(0), yp);
   });

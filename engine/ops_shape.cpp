@@ -1,7 +1,9 @@
-// Differentiable shape ops: reshape, permute, slice, concat, gather_rows, mean, sum_all.
+// Differentiable shape ops: reshape, permute, slice, concat, gather_rows, mean, sum_all, and the
+// attention head layouts split_qkv_heads / merge_heads.
 //
-// All outputs are new contiguous tensors (materializing); backward closures accumulate into the
-// inputs' gradients with the kernels of kernels/cpu/shape.h.
+// reshape returns a view of its input (storage is always contiguous, so a new shape is free);
+// every other output is a new contiguous tensor. Backward closures accumulate into the inputs'
+// gradients with the kernels of kernels/cpu/shape.h.
 #include <algorithm>
 #include <numeric>
 
@@ -94,7 +96,9 @@ Tensor reshape(const Tensor& x, const Shape& shape) {
   }
   CLIPCU_CHECK(shape_numel(s) == x.numel(),
                "op reshape: argument 'x' " << x.str() << " cannot take shape " << shape_str(shape));
-  Tensor y = x.clone().view(s);
+  // A view: no copy. It is still a node of the tape (a new variable with its own gradient, named
+  // like every op output), and its backward adds the gradient back in x's shape.
+  Tensor y = x.view(s);
   if (needs_grad({&x})) {
     tape().record(op, {x}, {y}, [x = x, y]() mutable {
       with_float(x.dtype(), [&](auto tag) {
@@ -290,6 +294,56 @@ Tensor sum_all(const Tensor& x) {
       with_float(x.dtype(), [&](auto tag) {
         using T = decltype(tag);
         cpu::sum_all_backward<T>(x.numel(), y.grad().template data<T>()[0], x.grad_buffer().template data<T>());
+      });
+    });
+  }
+  return y;
+}
+
+std::vector<Tensor> split_qkv_heads(const Tensor& qkv, int64_t H) {
+  const char* op = "split_qkv_heads";
+  check_float(op, "qkv", qkv);
+  CLIPCU_CHECK(qkv.dim() == 3, "op split_qkv_heads: argument 'qkv' has shape " << shape_str(qkv.shape())
+                                                                             << ", expected [B, T, 3*H*D]");
+  CLIPCU_CHECK(H > 0 && qkv.size(2) % (3 * H) == 0,
+               "op split_qkv_heads: argument 'qkv' has shape " << shape_str(qkv.shape())
+                                                               << ", whose last dim is not 3*H*D for H = " << H);
+  const int64_t B = qkv.size(0), Tn = qkv.size(1), D = qkv.size(2) / (3 * H);
+  Tensor q = Tensor::empty({B, H, Tn, D}, qkv.dtype()), k = Tensor::empty({B, H, Tn, D}, qkv.dtype()),
+         v = Tensor::empty({B, H, Tn, D}, qkv.dtype());
+  with_float(qkv.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    cpu::split_qkv_heads_forward<T>(B, Tn, H, D, qkv.data<T>(), q.data<T>(), k.data<T>(), v.data<T>());
+  });
+  if (needs_grad({&qkv})) {
+    tape().record(op, {qkv}, {q, k, v}, [qkv = qkv, q, k, v, B, Tn, H, D]() mutable {
+      with_float(qkv.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        auto grad_or_null = [](const Tensor& t) { return t.has_grad() ? t.grad().template data<T>() : nullptr; };
+        cpu::split_qkv_heads_backward<T>(B, Tn, H, D, grad_or_null(q), grad_or_null(k), grad_or_null(v),
+                                         qkv.grad_buffer().template data<T>());
+      });
+    });
+  }
+  return {q, k, v};
+}
+
+Tensor merge_heads(const Tensor& x) {
+  const char* op = "merge_heads";
+  check_float(op, "x", x);
+  CLIPCU_CHECK(x.dim() == 4,
+               "op merge_heads: argument 'x' has shape " << shape_str(x.shape()) << ", expected [B, H, T, D]");
+  const int64_t B = x.size(0), H = x.size(1), Tn = x.size(2), D = x.size(3);
+  Tensor y = Tensor::empty({B, Tn, H * D}, x.dtype());
+  with_float(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    cpu::merge_heads_forward<T>(B, H, Tn, D, x.data<T>(), y.data<T>());
+  });
+  if (needs_grad({&x})) {
+    tape().record(op, {x}, {y}, [x = x, y, B, H, Tn, D]() mutable {
+      with_float(x.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        cpu::merge_heads_backward<T>(B, H, Tn, D, y.grad().template data<T>(), x.grad_buffer().template data<T>());
       });
     });
   }

@@ -1,5 +1,7 @@
 // Pointwise activations (relu, quick_gelu, gelu erf / tanh, exp): golden parity, values at known
 // points and in the tails, float64 finite-difference checks, and errors.
+#include <algorithm>
+#include <bit>
 #include <cmath>
 #include <functional>
 #include <limits>
@@ -7,6 +9,9 @@
 
 #include "engine/autograd.h"
 #include "engine/ops.h"
+#include "engine/rng.h"
+#include "kernels/cpu/activation.h"
+#include "kernels/cpu/vec_math.h"
 #include "tests/support.h"
 
 using namespace clipcu;
@@ -118,4 +123,90 @@ TEST_CASE("activations: errors name the op") {
   Tensor on_gpu = Tensor::borrow(host->data(), {4}, DType::F32, Device::cuda(0), host);
   CHECK_THROWS_WITH_AS(ops::quick_gelu(on_gpu), doctest::Contains("op quick_gelu: CUDA path not built yet"), Error);
   CHECK_THROWS_WITH_AS(ops::gelu(on_gpu, true), doctest::Contains("op gelu_tanh: CUDA path not built yet"), Error);
+}
+
+TEST_CASE("exp_f32 (the vectorizable float exp): within 1 ulp of float64 exp, exact ends") {
+  // Every 997th float between -104 and 89 (about 2.7 million points across the whole range, with
+  // the subnormal results below -87.3): the error in units of the last place of the float result.
+  double worst_ulp = 0, worst_at = 0;
+  int64_t points = 0;
+  const uint32_t lo = std::bit_cast<uint32_t>(-104.0f), hi = std::bit_cast<uint32_t>(89.0f);
+  auto visit = [&](float x) {
+    const double ref = std::exp(double(x));
+    const float got = cpu::exp_f32(x);
+    const float r = float(ref);  // float64 -> float32: correctly rounded, incl. subnormals and inf
+    const double ulp = std::isinf(r) ? 0.0 : double(std::nextafter(r, INFINITY)) - double(r);
+    const double e = std::isinf(r) ? (std::isinf(got) ? 0.0 : 1e9) : std::fabs(double(got) - ref) / ulp;
+    if (e > worst_ulp) {
+      worst_ulp = e;
+      worst_at = x;
+    }
+    ++points;
+  };
+  for (uint32_t b = 0x80000000u; b <= lo; b += 997) visit(std::bit_cast<float>(b));  // [-104, -0]
+  for (uint32_t b = 0; b <= hi; b += 997) visit(std::bit_cast<float>(b));            // [0, 89]
+  MESSAGE("exp_f32: worst " << worst_ulp << " ulp at x = " << worst_at << " over " << points << " points");
+  CHECK(worst_ulp <= 1.0);
+  CHECK(cpu::exp_f32(0.0f) == 1.0f);
+  CHECK(cpu::exp_f32(-0.0f) == 1.0f);
+  CHECK(cpu::exp_f32(1.0f) == doctest::Approx(std::exp(1.0)).epsilon(1e-7));
+  for (float x : {89.0001f, 100.0f, 1e30f, INFINITY}) CHECK(cpu::exp_f32(x) == INFINITY);
+  for (float x : {-104.0001f, -1e4f, -1e30f, -INFINITY}) CHECK(cpu::exp_f32(x) == 0.0f);
+  CHECK(std::isnan(cpu::exp_f32(NAN)));
+  CHECK(cpu::exp_f32(88.7f) == doctest::Approx(std::exp(double(88.7f))).epsilon(2e-7));  // near FLT_MAX, finite
+  CHECK(cpu::exp_fast(0.5) == std::exp(0.5));  // float64 is the library's exp
+}
+
+TEST_CASE("activations: baseline and AVX2 loops agree with float64, threaded sizes and odd tails") {
+  // Lengths: below the vector width, odd, one block plus a tail, and past the threading
+  // threshold (2^16) with a tail; values over [-12, 12] and the finite tails.
+  const int64_t lengths[] = {3, 37, 8192 + 5, 70001};
+  const cpu::SimdLevel levels[] = {cpu::SimdLevel::Baseline, cpu::SimdLevel::AVX2};
+  const cpu::Activation acts[] = {cpu::Activation::ReLU, cpu::Activation::QuickGELU, cpu::Activation::GELUErf,
+                                  cpu::Activation::GELUTanh, cpu::Activation::Exp};
+  if (!cpu::simd_level_available(cpu::SimdLevel::AVX2)) MESSAGE("no AVX2 on this CPU: its copy falls back to baseline");
+  test::WorstError worst;
+  worst.group = "activation loops (baseline, AVX2) vs float64";
+  for (int64_t n : lengths) {
+    Rng rng{uint64_t(n)};
+    std::vector<double> xd(static_cast<size_t>(n)), dyd(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) {
+      xd[size_t(i)] = i % 101 == 0 ? (i % 2 ? -150.0 : 150.0) : 12.0 * (2.0 * rng.uniform() - 1.0);
+      dyd[size_t(i)] = rng.normal();
+    }
+    std::vector<float> xf(xd.begin(), xd.end()), dyf(dyd.begin(), dyd.end());
+    for (cpu::Activation act : acts) {
+      if (act == cpu::Activation::Exp)  // keep exp finite: its values, not its overflow, are compared
+        for (int64_t i = 0; i < n; ++i) xf[size_t(i)] = float(std::clamp(xd[size_t(i)], -80.0, 80.0));
+      const std::vector<double> xr(xf.begin(), xf.end());  // the float inputs, exactly
+      // float64 reference (the float64 loops: exact library functions)
+      std::vector<double> yref(static_cast<size_t>(n)), gref(static_cast<size_t>(n), 0.0);
+      cpu::activation_forward<double>(act, n, xr.data(), yref.data(), cpu::SimdLevel::Baseline);
+      const std::vector<double> dyr(dyf.begin(), dyf.end());
+      cpu::activation_backward<double>(act, n, xr.data(), yref.data(), dyr.data(), gref.data(),
+                                       cpu::SimdLevel::Baseline);
+      for (cpu::SimdLevel level : levels) {
+        std::vector<float> y(static_cast<size_t>(n)), g(static_cast<size_t>(n), 0.0f);
+        cpu::activation_forward<float>(act, n, xf.data(), y.data(), level);
+        cpu::activation_backward<float>(act, n, xf.data(), y.data(), dyf.data(), g.data(), level);
+        const std::string label = std::string(cpu::activation_name(act)) + " " + cpu::simd_level_name(level) +
+                                  " n=" + std::to_string(n);
+        double num_y = 0, den_y = 0, num_g = 0, den_g = 0;
+        bool finite = true;
+        for (int64_t i = 0; i < n; ++i) {
+          finite = finite && std::isfinite(y[size_t(i)]) && std::isfinite(g[size_t(i)]);
+          num_y += std::pow(double(y[size_t(i)]) - yref[size_t(i)], 2);
+          den_y += yref[size_t(i)] * yref[size_t(i)];
+          num_g += std::pow(double(g[size_t(i)]) - gref[size_t(i)], 2);
+          den_g += gref[size_t(i)] * gref[size_t(i)];
+        }
+        const double ey = std::sqrt(num_y / den_y), eg = std::sqrt(num_g / den_g);
+        CHECK_MESSAGE(finite, label);
+        // a few float32 roundings per formula (the derivatives take ~10 operations)
+        CHECK_MESSAGE(ey < 1e-6, label << " forward rel err " << ey);
+        CHECK_MESSAGE(eg < 1e-6, label << " backward rel err " << eg);
+        worst.add(label + (ey > eg ? " forward" : " backward"), std::max(ey, eg));
+      }
+    }
+  }
 }

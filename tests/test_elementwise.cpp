@@ -1,9 +1,11 @@
 // add / mul with suffix broadcasting and scale: values, float64 finite-difference checks on the
 // broadcasting shapes the towers use, deterministic broadcast gradients, and shape errors.
+#include <utility>
 #include <vector>
 
 #include "engine/autograd.h"
 #include "engine/ops.h"
+#include "kernels/cpu/elementwise.h"
 #include "tests/support.h"
 
 using namespace clipcu;
@@ -113,4 +115,17 @@ TEST_CASE("add / mul / scale: bad shapes and dtypes throw errors naming the op")
   Tensor on_gpu = Tensor::borrow(host->data(), {4}, DType::F32, Device::cuda(0), host);
   CHECK_THROWS_WITH_AS(ops::add(a, on_gpu), doctest::Contains("op add: CUDA path not built yet"), Error);
   CHECK_THROWS_WITH_AS(ops::scale(on_gpu, 2.0), doctest::Contains("op scale: CUDA path not built yet"), Error);
+}
+
+TEST_CASE("fill_rows (linear's bias broadcast): every row is the bias, small and threaded sizes") {
+  // 300 x 257 is past the threading threshold (2^16 elements) and its chunks split rows.
+  for (auto [R, C] : {std::pair<int64_t, int64_t>{1, 1}, {3, 5}, {300, 257}}) {
+    std::vector<float> row(static_cast<size_t>(C)), out(static_cast<size_t>(R * C), -1.0f);
+    for (int64_t c = 0; c < C; ++c) row[size_t(c)] = float(c) * 0.5f - 3.0f;
+    cpu::fill_rows<float>(R, C, row.data(), out.data());
+    bool all = true;
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t c = 0; c < C; ++c) all = all && out[size_t(r * C + c)] == row[size_t(c)];
+    CHECK_MESSAGE(all, "fill_rows " << R << " x " << C);
+  }
 }

@@ -44,8 +44,31 @@ TEST_CASE("reshape: values, -1 inference, gradient, errors") {
     CHECK(y.shape() == Shape{5, 21});
     CHECK(y.to_f64_vector() == x.to_f64_vector());
     CHECK(y.dtype() == dt);
-    y.fill(0.0);  // a new tensor: the input is not aliased
-    CHECK(x.to_f64_vector()[4] == 4.0);
+    CHECK(y.raw() == x.raw());  // a view: no copy, the storage is shared
+    y.fill(0.0);
+    CHECK(x.to_f64_vector()[4] == 0.0);
+  }
+  // A reshape of a view of a view keeps the offset (rows() starts past the first row).
+  {
+    Tensor x = Tensor::arange({4, 6});
+    Tensor y = ops::reshape(x.rows(1, 2), {3, 4});
+    CHECK(y.to_f32_vector() == std::vector<float>{6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17});
+  }
+  // On the tape: the view is a new variable with its own gradient, reshaped back into x's,
+  // accumulated with x's other uses; x's value is never touched by backward.
+  {
+    tape().clear();
+    Tensor x = make_input({2, 3, 5}, Fill::Random, 12);
+    const std::vector<double> xv = x.to_f64_vector();
+    Tensor y = ops::reshape(x, {6, 5});
+    CHECK(y.requires_grad());
+    CHECK(y.id() != x.id());
+    CHECK(y.name() == "reshape");
+    Tensor z = ops::add(ops::scale(y, 2.0), ops::reshape(x, {6, 5}));  // x used twice
+    backward(z, Tensor::ones({6, 5}, DType::F64));
+    CHECK(x.grad().shape() == x.shape());
+    CHECK(x.grad().to_f64_vector() == std::vector<double>(30, 3.0));
+    CHECK(x.to_f64_vector() == xv);
   }
   for (Fill f : kFills) {
     Tensor x = make_input({3, 1, 5}, f, 11);
@@ -296,20 +319,21 @@ TEST_CASE("shape ops compose and accumulate through fan-out") {
 }
 
 TEST_CASE("large tensors take the threaded paths and give the same values") {
-  // sizes past the kernels' OpenMP thresholds (2^15 elements)
-  const Shape shape{6, 50, 12, 16};  // [B, T, H, D] -> [B, H, T, D]
+  // sizes past the kernels' OpenMP thresholds (2^16 elements)
+  constexpr int64_t D = 24;
+  const Shape shape{6, 50, 12, D};  // [B, T, H, D] -> [B, H, T, D]
   Rng rng(77);
   Tensor x = Tensor::randn(shape, rng);
   Tensor y = ops::permute(x, {0, 2, 1, 3});
-  REQUIRE(y.shape() == Shape{6, 12, 50, 16});
+  REQUIRE(y.shape() == Shape{6, 12, 50, D});
   const float* xv = x.data<float>();
   const float* yv = y.data<float>();
   bool all = true;
   for (int64_t b = 0; b < 6; ++b)
     for (int64_t h = 0; h < 12; ++h)
       for (int64_t t = 0; t < 50; ++t)
-        for (int64_t d = 0; d < 16; ++d)
-          all = all && yv[((b * 12 + h) * 50 + t) * 16 + d] == xv[((b * 50 + t) * 12 + h) * 16 + d];
+        for (int64_t d = 0; d < D; ++d)
+          all = all && yv[((b * 12 + h) * 50 + t) * D + d] == xv[((b * 50 + t) * 12 + h) * D + d];
   CHECK(all);
   // concat of slices along T gives x back
   Tensor back = ops::concat({ops::slice(x, 1, 0, 17), ops::slice(x, 1, 17, 50)}, 1);
@@ -323,10 +347,138 @@ TEST_CASE("large tensors take the threaded paths and give the same values") {
   Tensor m = ops::mean(x, 1);
   double worst = 0;
   for (int64_t b = 0; b < 6; ++b)
-    for (int64_t hd = 0; hd < 12 * 16; ++hd) {
+    for (int64_t hd = 0; hd < 12 * D; ++hd) {
       double acc = 0;
-      for (int64_t t = 0; t < 50; ++t) acc += xv[(b * 50 + t) * 192 + hd];
-      worst = std::max(worst, std::fabs(double(m.data<float>()[b * 192 + hd]) - acc / 50));
+      for (int64_t t = 0; t < 50; ++t) acc += xv[(b * 50 + t) * 12 * D + hd];
+      worst = std::max(worst, std::fabs(double(m.data<float>()[b * 12 * D + hd]) - acc / 50));
     }
   CHECK(worst < 1e-6);
+}
+
+TEST_CASE("permute: every kernel path, small and threaded sizes, forward and accumulated backward") {
+  // The kernel merges dims that stay adjacent and then copies contiguous rows, transposes tiles,
+  // gathers strided rows or copies flat; each case below lands on one path, once below and once
+  // above the threading threshold (2^16 elements), with sizes that are not multiples of the
+  // 16 x 16 tile. Values against index arithmetic; backward (the inverse permute, accumulated
+  // onto a gradient that already holds ones) against the same arithmetic.
+  struct Case {
+    Shape shape;
+    std::vector<int> dims;
+    const char* path;
+  };
+  const Case cases[] = {
+      {{3, 5, 2, 7}, {0, 2, 1, 3}, "rows"},         {{9, 41, 3, 48}, {0, 2, 1, 3}, "rows"},
+      {{2, 7, 19}, {0, 2, 1}, "transpose"},         {{33, 96, 37}, {0, 2, 1}, "transpose"},
+      {{5, 17}, {1, 0}, "transpose"},               {{300, 257}, {1, 0}, "transpose"},
+      {{2, 3, 5}, {2, 0, 1}, "gather"},             {{41, 43, 47}, {2, 0, 1}, "gather"},
+      {{4, 1, 6}, {1, 0, 2}, "flat (size-1 dim)"},  {{70, 1, 1000}, {0, 2, 1}, "flat (size-1 dim)"},
+      {{3, 4, 5, 1}, {3, 2, 1, 0}, "gather"},       {{2, 1, 3, 1}, {3, 1, 0, 2}, "flat"},
+  };
+  for (const Case& c : cases) {
+    const std::string label = std::string("permute ") + shape_str(c.shape) + " (" + c.path + ")";
+    Rng rng(91);
+    Tensor x = Tensor::randn(c.shape, rng).set_requires_grad(true);
+    tape().clear();
+    Tensor y = ops::permute(x, c.dims);
+    const std::vector<int64_t> xs = strides_of(c.shape);
+    const std::vector<float> xv = x.to_f32_vector(), yv = y.to_f32_vector();
+    Tensor gy = Tensor::randn(y.shape(), rng);
+    const std::vector<float> gyv = gy.to_f32_vector();
+    std::vector<float> expect_gx(xv.size(), 1.0f);
+    bool fwd_ok = true;
+    for (int64_t i = 0; i < y.numel(); ++i) {
+      const std::vector<int64_t> idx = unravel(i, y.shape());
+      int64_t src = 0;
+      for (size_t k = 0; k < c.dims.size(); ++k) src += idx[k] * xs[size_t(c.dims[k])];
+      fwd_ok = fwd_ok && yv[size_t(i)] == xv[size_t(src)];
+      expect_gx[size_t(src)] += gyv[size_t(i)];
+    }
+    CHECK_MESSAGE(fwd_ok, label);
+    x.grad_buffer().fill(1.0);
+    backward(y, gy);
+    CHECK_MESSAGE(x.grad().to_f32_vector() == expect_gx, label << " backward");
+  }
+}
+
+TEST_CASE("split_qkv_heads / merge_heads: equal to the slice + reshape + permute composition they replace") {
+  struct Case {
+    int64_t B, T, H, D;
+  };
+  // odd sizes, a single element, and one past the threading threshold (2^16 elements)
+  const Case cases[] = {{3, 5, 2, 7}, {1, 1, 1, 1}, {2, 17, 3, 4}, {8, 65, 2, 48}};
+  for (const Case& c : cases)
+    for (DType dt : {DType::F32, DType::F64}) {
+      const std::string label = "B=" + std::to_string(c.B) + " T=" + std::to_string(c.T) + " H=" +
+                                std::to_string(c.H) + " D=" + std::to_string(c.D) + " " + std::string(dtype_name(dt));
+      const int64_t W = c.H * c.D;
+      Rng rng(uint64_t(c.B * 1000 + c.T));
+      Tensor qkv = Tensor::randn({c.B, c.T, 3 * W}, rng, 0.0, 1.0, dt).set_requires_grad(true);
+      Tensor seeds[3] = {Tensor::randn({c.B, c.H, c.T, c.D}, rng, 0.0, 1.0, dt),
+                         Tensor::randn({c.B, c.H, c.T, c.D}, rng, 0.0, 1.0, dt),
+                         Tensor::randn({c.B, c.H, c.T, c.D}, rng, 0.0, 1.0, dt)};
+      Tensor seed_out = Tensor::randn({c.B, c.T, W}, rng, 0.0, 1.0, dt);
+      // the fused ops; the loss contracts q, k, v and merge_heads(v) with fixed seeds
+      auto loss = [&](const std::vector<Tensor>& qkv_parts, const Tensor& merged) {
+        Tensor l = ops::sum_all(ops::mul(merged, seed_out));
+        for (int p = 0; p < 3; ++p) l = ops::add(l, ops::sum_all(ops::mul(qkv_parts[size_t(p)], seeds[p])));
+        return l;
+      };
+      tape().clear();
+      std::vector<Tensor> fused = ops::split_qkv_heads(qkv, c.H);
+      Tensor fused_merged = ops::merge_heads(fused[2]);
+      backward(loss(fused, fused_merged));
+      const Tensor g_fused = qkv.grad().clone();
+      qkv.zero_grad();
+      // the composition
+      std::vector<Tensor> comp;
+      for (int64_t p = 0; p < 3; ++p)
+        comp.push_back(ops::permute(ops::reshape(ops::slice(qkv, 2, p * W, (p + 1) * W), {c.B, c.T, c.H, c.D}),
+                                    {0, 2, 1, 3}));
+      Tensor comp_merged = ops::reshape(ops::permute(comp[2], {0, 2, 1, 3}), {c.B, c.T, W});
+      backward(loss(comp, comp_merged));
+      for (int p = 0; p < 3; ++p) {
+        REQUIRE(fused[size_t(p)].shape() == comp[size_t(p)].shape());
+        CHECK_MESSAGE(fused[size_t(p)].to_f64_vector() == comp[size_t(p)].to_f64_vector(), label << " part " << p);
+      }
+      CHECK_MESSAGE(fused_merged.shape() == comp_merged.shape(), label);
+      CHECK_MESSAGE(fused_merged.to_f64_vector() == comp_merged.to_f64_vector(), label << " merge");
+      // both gradients are sums of the same terms in the same order: equal bits
+      CHECK_MESSAGE(g_fused.to_f64_vector() == qkv.grad().to_f64_vector(), label << " gradient");
+    }
+}
+
+TEST_CASE("split_qkv_heads / merge_heads: gradchecks, unused parts, names, errors") {
+  for (Fill f : kFills) {
+    Tensor qkv = make_input({2, 3, 12}, f, 31);  // H = 2, D = 2
+    gradcheck(
+        [](const std::vector<Tensor>& in) {
+          std::vector<Tensor> p = ops::split_qkv_heads(in[0], 2);
+          return ops::add(ops::add(p[0], ops::scale(p[1], 2.0)), ops::mul(p[2], p[2]));
+        },
+        {qkv}, std::string("split_qkv_heads ") + fill_name(f));
+    Tensor x = make_input({2, 3, 5, 2}, f, 32);
+    gradcheck([](const std::vector<Tensor>& in) { return ops::merge_heads(in[0]); }, {x},
+              std::string("merge_heads ") + fill_name(f));
+  }
+  // Only k is used: q's and v's places in the gradient stay zero.
+  {
+    tape().clear();
+    Tensor qkv = Tensor::arange({1, 2, 6}, DType::F64).set_requires_grad(true);
+    std::vector<Tensor> p = ops::split_qkv_heads(qkv, 1);
+    CHECK(p[0].name() == "split_qkv_heads.0");
+    CHECK(p[2].name() == "split_qkv_heads.2");
+    backward(ops::sum_all(p[1]));
+    CHECK(qkv.grad().to_f64_vector() == std::vector<double>{0, 0, 1, 1, 0, 0, 0, 0, 1, 1, 0, 0});
+  }
+  // No gradient wanted: nothing recorded.
+  tape().clear();
+  ops::merge_heads(ops::split_qkv_heads(Tensor::zeros({2, 3, 6}), 2)[0]);
+  CHECK(tape().size() == 0);
+  CHECK_THROWS_WITH_AS(ops::split_qkv_heads(Tensor::zeros({2, 3, 10}), 2), doctest::Contains("op split_qkv_heads"),
+                       Error);
+  CHECK_THROWS_WITH_AS(ops::split_qkv_heads(Tensor::zeros({2, 12}), 2), doctest::Contains("[B, T, 3*H*D]"), Error);
+  CHECK_THROWS_WITH_AS(ops::split_qkv_heads(Tensor::zeros({2, 3, 12}), 0), doctest::Contains("op split_qkv_heads"),
+                       Error);
+  CHECK_THROWS_WITH_AS(ops::merge_heads(Tensor::zeros({2, 3, 4})), doctest::Contains("op merge_heads"), Error);
+  CHECK_THROWS_AS(ops::merge_heads(Tensor::from_ints({1, 2}, {1, 1, 1, 2})), Error);
 }

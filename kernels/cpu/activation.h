@@ -16,6 +16,13 @@ namespace clipcu::cpu {
 enum class Activation { ReLU, QuickGELU, GELUErf, GELUTanh, Exp };
 const char* activation_name(Activation a);
 
+// Which compiled copy of the loops runs: Baseline (SSE2, any x86-64 or other CPU), AVX2 (+ FMA;
+// falls back to Baseline on a CPU without it), Auto (AVX2 where the CPU has it). The functions
+// without this argument use Auto; tests and benchmarks run both copies.
+enum class SimdLevel { Auto, Baseline, AVX2 };
+const char* simd_level_name(SimdLevel s);
+bool simd_level_available(SimdLevel s);
+
 template <class T>
 void activation_forward(Activation act, int64_t n,
                         const T* x,  // [n]
@@ -28,5 +35,19 @@ void activation_backward(Activation act, int64_t n,
                          const T* y,   // [n] or nullptr (needed for Exp)
                          const T* dy,  // [n]
                          T* dx);       // [n]
+
+// The same with the copy of the loops chosen.
+template <class T>
+void activation_forward(Activation act, int64_t n,
+                        const T* x,  // [n]
+                        T* y,        // [n]
+                        SimdLevel simd);
+template <class T>
+void activation_backward(Activation act, int64_t n,
+                         const T* x,   // [n]
+                         const T* y,   // [n] or nullptr (needed for Exp)
+                         const T* dy,  // [n]
+                         T* dx,        // [n]
+                         SimdLevel simd);
 
 }  // namespace clipcu::cpu

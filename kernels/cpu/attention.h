@@ -9,17 +9,29 @@
 //   dP_ij  = dO_i . V_j,  Delta_i = dO_i . O_i = sum_j P_ij dP_ij
 //   dS_ij  = P_ij (dP_ij - Delta_i)
 //   dQ_i  += scale * sum_j dS_ij K_j,   dK_j += scale * sum_i dS_ij Q_i
-// Backward ACCUMULATES (+=) into dq / dk / dv (the tape's contract); nullptr skips one.
+// Backward ACCUMULATES (+=) into dq / dk / dv (the tape's contract); nullptr skips one, and
+// they may point to the same buffer (self-attention on one tensor).
+//
+// Variants (AttentionVariant):
+//   Rowwise: one query row at a time with plain loops (the simple reference).
+//   Gemm:    per (batch, head) and block of up to 128 query rows, the score block S = Q K^T and
+//            the products P V, P^T dO, dO V^T, dS K, dS^T Q are cpu::gemm calls (OpenBLAS when
+//            built in); the softmax between them is a vectorized row pass.
+//   Auto:    Gemm.
 #pragma once
 #include <cstdint>
 
 namespace clipcu::cpu {
+
+enum class AttentionVariant { Auto, Rowwise, Gemm };
+const char* attention_variant_name(AttentionVariant v);
 
 struct AttentionParams {
   int64_t B = 0, H = 0;    // batch, heads
   int64_t Tq = 0, Tk = 0;  // query and key/value tokens (Tk >= 1)
   int64_t D = 0;           // head dim
   bool causal = false;     // needs Tq == Tk
+  AttentionVariant variant = AttentionVariant::Auto;
 };
 
 template <class T>

@@ -10,15 +10,17 @@
 //   backward-weight  dw [Cout, K] += dy[n] [Cout, P] . col^T
 //   with K = Cin*KH*KW, P = OH*OW and the products done by cpu::gemm. A 1x1 stride-1 unpadded
 //   convolution uses x[n] / dx[n] as col directly (no unfold).
-//   Im2col: images one after another, all the parallelism inside gemm (and, when gemm is the
-//     OpenMP Blocked kernel, inside im2col/col2im too). With OpenBLAS's gemm (its own pthreads)
-//     the Im2col path runs no OpenMP loop at all: libgomp's threads, spin-waiting after a region, take
-//     the cores OpenBLAS's threads need next (measured 5-30x slower on 2 cores).
-//   Im2colBatch: OpenMP over images, one col buffer per thread, the Blocked gemm running serially
-//     inside. backward-weight gives each thread one contiguous chunk of images and its own
-//     partial dw, then adds the partials in chunk order: deterministic for a given thread count.
-//   Auto: Im2colBatch when gemm is OpenMP and there are at least as many images as threads,
-//     else Im2col.
+//   Im2col: images one after another, all the parallelism inside gemm (and, when gemm shares the
+//     OpenMP threads, inside im2col/col2im too). With a pthreads OpenBLAS the Im2col path runs
+//     no OpenMP loop at all: libgomp's threads, spin-waiting after a region, take the cores
+//     OpenBLAS's threads need next (measured 5-30x slower on 2 cores).
+//   Im2colBatch: OpenMP over images, one col buffer per thread, gemm running serially inside
+//     (the Blocked kernel, or OpenBLAS's OpenMP build, which does not nest). backward-weight
+//     gives each thread one contiguous chunk of images and its own partial dw, then adds the
+//     partials in chunk order: deterministic for a given thread count.
+//   Auto: Im2colBatch when gemm shares the OpenMP threads (cpu::gemm_shares_openmp) and there
+//     are at least as many images as threads, else Im2col. (Each image's gemm is small: the
+//     ViT's patch embedding is [96, 48] x [48, 64] per image, too small to split across threads.)
 #include "kernels/cpu/conv2d.h"
 
 #include <algorithm>
@@ -84,14 +86,14 @@ int64_t conv_work(const Conv2dDims& d) { return d.N * d.Cout * d.OH * d.OW * d.C
 bool is_pointwise(const Conv2dDims& d) { return d.KH == 1 && d.KW == 1 && d.stride == 1 && d.padding == 0; }
 
 // OpenMP loops in the Im2col path only when gemm runs on OpenMP too (see the file comment).
-bool gemm_is_openmp() {
-  static const bool openmp = !gemm_variant_available(GemmVariant::OpenBLAS);
-  return openmp;
-}
+bool gemm_is_openmp() { return gemm_shares_openmp(); }
 
-// Inside the batch-parallel loop gemm must not start threads of its own: the Blocked kernel runs
-// serially there (nested OpenMP regions are off); OpenBLAS would start its pthreads.
-GemmVariant gemm_inside(bool batch) { return batch ? GemmVariant::Blocked : GemmVariant::Auto; }
+// Inside the batch-parallel loop gemm must not start threads of its own: the Blocked kernel and
+// OpenBLAS's OpenMP build run serially there (nested OpenMP regions are off). Im2colBatch is
+// chosen by Auto only then; forced with a pthreads OpenBLAS it keeps the Blocked kernel.
+GemmVariant gemm_inside(bool batch) {
+  return batch && !gemm_shares_openmp() ? GemmVariant::Blocked : GemmVariant::Auto;
+}
 
 ConvVariant resolve(ConvVariant v, const Conv2dDims& d) {
   if (v != ConvVariant::Auto) return v;

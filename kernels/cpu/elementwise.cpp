@@ -1,22 +1,68 @@
 // CPU elementwise add / mul / scale with suffix broadcasting (see elementwise.h).
 //
-// Forward and the elementwise parts of backward are one pass over [outer, inner], split across
-// threads by OpenMP when the array is large enough to pay for the threads. The reduction over
-// the broadcast rows (the gradient of b) cuts the rows into fixed chunks that depend only on R
+// Forward and the elementwise parts of backward are one pass over the flat [outer * inner]
+// array, cut into fixed chunks of kChunk elements that OpenMP hands to threads when the array
+// is large enough to pay for the threads (a residual add has outer == 1: splitting by rows
+// would leave one thread idle); within a chunk, runs of up to `inner` elements pair with b.
+// The reduction over the broadcast rows (the gradient of b) cuts the rows into fixed chunks that depend only on R
 // (never on the thread count); each chunk sums its rows into its own float64 partial, threads
 // take whole chunks, and the partials are then added in chunk order. So the result is the same
-// bits on every run and every thread count.
+// bits on every run and every thread count. The chunk loop is compiled twice (baseline and
+// AVX2 + FMA, picked by the CPU at run time: vec_math.h); both add in the same order (FMA may
+// round mul's products differently in the last bit).
 #include "kernels/cpu/elementwise.h"
 
 #include <algorithm>
 #include <vector>
 
+#include "kernels/cpu/vec_math.h"
+
 namespace clipcu::cpu {
 
 namespace {
 
-// Below this many elements the thread start-up costs more than the loop.
-constexpr int64_t kParallelMin = 1 << 15;
+// Below this many elements waking a second thread costs more than it saves (these loops move
+// ~1 float per ns on one core; a passive OpenMP worker takes tens of microseconds to wake).
+constexpr int64_t kParallelMin = 1 << 16;
+constexpr int64_t kChunk = 1 << 14;
+
+// f(k0, len, i0) for every run of the flat [outer, inner] array: elements k0 .. k0 + len - 1,
+// which pair with b[i0 .. i0 + len - 1]. Chunks are fixed (never depend on the thread count).
+template <class F>
+void for_runs(int64_t outer, int64_t inner, F f) {
+  const int64_t n = outer * inner;
+  if (n <= 0) return;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t k1 = std::min(n, (c + 1) * kChunk);
+    int64_t k = c * kChunk, i = k % inner;
+    while (k < k1) {
+      const int64_t len = std::min(k1 - k, inner - i);
+      f(k, len, i);
+      k += len;
+      i = 0;
+    }
+  }
+}
+
+// Rows r0 .. r1 - 1 of a reduction into one float64 partial (inlined into a baseline and an
+// AVX2 + FMA copy: the float -> double conversions and adds run 4 wide instead of 2).
+template <class Term>
+[[gnu::always_inline]] inline void reduce_chunk(int64_t r0, int64_t r1, int64_t C, Term term, double* p) {  // p: [C]
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t i = 0; i < C; ++i) p[i] += term(r, i);
+}
+
+template <class Term>
+CLIPCU_TARGET_AVX2 void reduce_chunk_avx2(int64_t r0, int64_t r1, int64_t C, Term term, double* p) {
+  reduce_chunk(r0, r1, C, term, p);
+}
+
+template <class Term>
+void reduce_chunk_base(int64_t r0, int64_t r1, int64_t C, Term term, double* p) {
+  reduce_chunk(r0, r1, C, term, p);
+}
 
 // out[i] += sum over r of term(r, i) (a float64 value), deterministic as described above.
 template <class T, class Term>
@@ -25,12 +71,16 @@ void reduce_rows(int64_t R, int64_t C, Term term, T* out) {  // out: [C]
   const int64_t rows_per_chunk = std::max<int64_t>(64, (R + 255) / 256);
   const int64_t chunks = (R + rows_per_chunk - 1) / rows_per_chunk;
   std::vector<double> partial(size_t(chunks * C), 0.0);  // [chunks, C]
+  const bool avx2 = cpu_has_avx2_fma();
 #pragma omp parallel for schedule(static) if (R * C >= kParallelMin)
   for (int64_t ch = 0; ch < chunks; ++ch) {
     double* p = partial.data() + ch * C;
-    const int64_t r1 = std::min(R, (ch + 1) * rows_per_chunk);
-    for (int64_t r = ch * rows_per_chunk; r < r1; ++r)
-      for (int64_t i = 0; i < C; ++i) p[i] += term(r, i);
+    const int64_t r0 = ch * rows_per_chunk, r1 = std::min(R, (ch + 1) * rows_per_chunk);
+    if (avx2) {
+      reduce_chunk_avx2(r0, r1, C, term, p);
+    } else {
+      reduce_chunk_base(r0, r1, C, term, p);
+    }
   }
   for (int64_t i = 0; i < C; ++i) {
     double s = 0.0;
@@ -46,9 +96,12 @@ void add_forward(int64_t outer, int64_t inner,
                  const T* a,  // [outer, inner]
                  const T* b,  // [inner]
                  T* y) {      // [outer, inner]
-#pragma omp parallel for schedule(static) if (outer * inner >= kParallelMin)
-  for (int64_t o = 0; o < outer; ++o)
-    for (int64_t i = 0; i < inner; ++i) y[o * inner + i] = a[o * inner + i] + b[i];
+  for_runs(outer, inner, [&](int64_t k0, int64_t len, int64_t i0) {
+    const T* ak = a + k0;
+    const T* bi = b + i0;
+    T* yk = y + k0;
+    for (int64_t j = 0; j < len; ++j) yk[j] = ak[j] + bi[j];
+  });
 }
 
 template <class T>
@@ -71,9 +124,12 @@ void mul_forward(int64_t outer, int64_t inner,
                  const T* a,  // [outer, inner]
                  const T* b,  // [inner]
                  T* y) {      // [outer, inner]
-#pragma omp parallel for schedule(static) if (outer * inner >= kParallelMin)
-  for (int64_t o = 0; o < outer; ++o)
-    for (int64_t i = 0; i < inner; ++i) y[o * inner + i] = a[o * inner + i] * b[i];
+  for_runs(outer, inner, [&](int64_t k0, int64_t len, int64_t i0) {
+    const T* ak = a + k0;
+    const T* bi = b + i0;
+    T* yk = y + k0;
+    for (int64_t j = 0; j < len; ++j) yk[j] = ak[j] * bi[j];
+  });
 }
 
 template <class T>
@@ -92,9 +148,12 @@ void mul_backward(int64_t outer, int64_t inner,
     }
   }
   if (da) {
-#pragma omp parallel for schedule(static) if (outer * inner >= kParallelMin)
-    for (int64_t o = 0; o < outer; ++o)
-      for (int64_t i = 0; i < inner; ++i) da[o * inner + i] += dy[o * inner + i] * b[i];
+    for_runs(outer, inner, [&](int64_t k0, int64_t len, int64_t i0) {
+      const T* g = dy + k0;
+      const T* bi = b + i0;
+      T* d = da + k0;
+      for (int64_t j = 0; j < len; ++j) d[j] += g[j] * bi[j];
+    });
   }
 }
 
@@ -115,6 +174,13 @@ void add_scaled(int64_t n, T s,
 }
 
 template <class T>
+void fill_rows(int64_t R, int64_t C,
+               const T* row,  // [C]
+               T* out) {      // [R, C]
+  for_runs(R, C, [&](int64_t k0, int64_t len, int64_t i0) { std::copy(row + i0, row + i0 + len, out + k0); });
+}
+
+template <class T>
 void sum_rows(int64_t R, int64_t C,
               const T* x,  // [R, C]
               T* out) {    // [C]
@@ -128,7 +194,8 @@ void sum_rows(int64_t R, int64_t C,
   template void mul_backward<T>(int64_t, int64_t, const T*, const T*, const T*, T*, T*); \
   template void scale_forward<T>(int64_t, T, const T*, T*);                        \
   template void add_scaled<T>(int64_t, T, const T*, T*);                           \
-  template void sum_rows<T>(int64_t, int64_t, const T*, T*);
+  template void sum_rows<T>(int64_t, int64_t, const T*, T*);                       \
+  template void fill_rows<T>(int64_t, int64_t, const T*, T*);
 CLIPCU_INSTANTIATE(float)
 CLIPCU_INSTANTIATE(double)
 #undef CLIPCU_INSTANTIATE

@@ -52,6 +52,12 @@ void add_scaled(int64_t n, T s,
                 const T* src,  // [n]
                 T* dst);       // [n]
 
+// out[r, :] = row for every r < R (a bias broadcast into the rows a gemm then adds onto).
+template <class T>
+void fill_rows(int64_t R, int64_t C,
+               const T* row,  // [C]
+               T* out);       // [R, C]
+
 // out[i] += sum over r of x[r, i], deterministic (chunked partial sums in float64, added in
 // chunk order). The bias gradient of linear and of broadcast adds.
 template <class T>

@@ -187,6 +187,16 @@ bool gemm_variant_available(GemmVariant v) {
 #endif
 }
 
+bool gemm_shares_openmp() {
+#ifdef CLIPCU_WITH_OPENBLAS
+  // 0: sequential, 1: pthreads, 2: OpenMP (OpenBLAS's own constants)
+  static const bool shares = openblas_get_parallel() != 1;
+  return shares;
+#else
+  return true;
+#endif
+}
+
 const char* gemm_variant_name(GemmVariant v) {
   switch (v) {
     case GemmVariant::Auto: return "auto";

@@ -24,4 +24,10 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha,
 bool gemm_variant_available(GemmVariant v);
 const char* gemm_variant_name(GemmVariant v);
 
+// True when gemm (Auto) shares the engine's OpenMP threads: called inside an OpenMP parallel
+// region it then runs on the calling thread alone, so kernels may run many small gemms in
+// parallel. That holds for the Blocked kernel and for OpenBLAS's OpenMP (or sequential) build;
+// a pthreads OpenBLAS would start threads of its own inside every region.
+bool gemm_shares_openmp();
+
 }  // namespace clipcu::cpu

@@ -75,6 +75,33 @@ void mean_backward(int64_t outer, int64_t D, int64_t inner,
                    const T* gy,  // [outer, inner]
                    T* gx);       // [outer, D, inner]
 
+// Attention head layouts. The packed projection qkv [B, T, 3, H, D] (q, k and v side by side in
+// the last dim, each head-major: the rows of in_proj_weight) straight into q, k, v [B, H, T, D],
+// one pass instead of a slice and a head permute per part. Backward accumulates each part's
+// gradient into its place in dqkv; a part whose gradient is nullptr is skipped.
+template <class T>
+void split_qkv_heads_forward(int64_t B, int64_t Tn, int64_t H, int64_t D,
+                             const T* qkv,  // [B, Tn, 3, H, D]
+                             T* q,          // [B, H, Tn, D]
+                             T* k,          // [B, H, Tn, D]
+                             T* v);         // [B, H, Tn, D]
+template <class T>
+void split_qkv_heads_backward(int64_t B, int64_t Tn, int64_t H, int64_t D,
+                              const T* dq,  // [B, H, Tn, D] or nullptr
+                              const T* dk,  // [B, H, Tn, D] or nullptr
+                              const T* dv,  // [B, H, Tn, D] or nullptr
+                              T* dqkv);     // [B, Tn, 3, H, D]
+// Heads back into tokens, y[b, t, h, :] = x[b, h, t, :] (attention output -> out_proj input);
+// backward gx[b, h, t, :] += gy[b, t, h, :].
+template <class T>
+void merge_heads_forward(int64_t B, int64_t H, int64_t Tn, int64_t D,
+                         const T* x,  // [B, H, Tn, D]
+                         T* y);       // [B, Tn, H, D]
+template <class T>
+void merge_heads_backward(int64_t B, int64_t H, int64_t Tn, int64_t D,
+                          const T* gy,  // [B, Tn, H, D]
+                          T* gx);       // [B, H, Tn, D]
+
 // Sum of all n elements, accumulated in float64 in a fixed order (deterministic).
 template <class T>
 T sum_all_forward(int64_t n, const T* x);  // [n]
