@@ -47,7 +47,8 @@ const std::set<std::string>& elementwise_ops() {
   return s;
 }
 const std::set<std::string>& movement_ops() {
-  static const std::set<std::string> s = {"reshape", "permute", "slice", "concat", "gather_rows"};
+  static const std::set<std::string> s = {"reshape",         "permute",    "slice", "concat",
+                                          "gather_rows",     "split_qkv_heads", "merge_heads"};
   return s;
 }
 
