@@ -36,5 +36,11 @@ namespace detail {
     }                                                                                    \
   } while (0)
 
-// CLIPCU_FAIL("reason" << value): throws unconditionally.
-#define CLIPCU_FAIL(msg_stream) CLIPCU_CHECK(false, msg_stream)
+// CLIPCU_FAIL("reason" << value): throws unconditionally (visibly so to the compiler, so it may
+// end a function that returns a value).
+#define CLIPCU_FAIL(msg_stream)                                                          \
+  do {                                                                                   \
+    std::ostringstream clipcu_msg_;                                                      \
+    clipcu_msg_ << msg_stream;                                                           \
+    ::clipcu::detail::throw_error(__FILE__, __LINE__, clipcu_msg_.str());                \
+  } while (0)
