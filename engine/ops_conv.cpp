@@ -9,11 +9,14 @@
 
 #include "engine/autograd.h"
 #include "engine/ops.h"
+#include "engine/ops_common.h"
 #include "kernels/cpu/batchnorm.h"
 #include "kernels/cpu/conv2d.h"
 #include "kernels/cpu/pool.h"
 
 namespace clipcu::ops {
+
+using namespace detail;
 
 namespace {
 
@@ -36,15 +39,6 @@ void check_float_args(const char* op, std::initializer_list<NamedArg> args) {
                                                        << " but '" << args.begin()->first << "' is " << first->str()
                                                        << " (one floating type per op)");
     }
-  }
-}
-
-template <class F>
-void with_float(DType t, F&& f) {
-  if (t == DType::F32) {
-    f(float{});
-  } else {
-    f(double{});
   }
 }
 

@@ -3,32 +3,13 @@
 // so backward needs no second reduction.
 #include "engine/autograd.h"
 #include "engine/ops.h"
+#include "engine/ops_common.h"
 #include "kernels/cpu/clip_loss.h"
 #include "kernels/cpu/softmax_xent.h"
 
 namespace clipcu::ops {
 
-namespace {
-
-void check_float(const char* op, const char* arg, const Tensor& t) {
-  CLIPCU_CHECK(t.defined(), "op " << op << ": argument '" << arg << "' is undefined");
-  CLIPCU_CHECK(!t.device().is_cuda(),
-               "op " << op << ": CUDA path not built yet (argument '" << arg << "' " << t.str() << ")");
-  CLIPCU_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::F64,
-               "op " << op << ": argument '" << arg << "' is " << t.str() << ", expected F32 or F64");
-}
-
-// Calls f(T{}) with T = float or double.
-template <class F>
-void with_float(DType t, F&& f) {
-  if (t == DType::F32) {
-    f(float{});
-  } else {
-    f(double{});
-  }
-}
-
-}  // namespace
+using namespace detail;
 
 Tensor softmax_cross_entropy(const Tensor& logits, const Tensor& targets) {
   const char* op = "softmax_cross_entropy";

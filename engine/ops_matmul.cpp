@@ -7,47 +7,13 @@
 
 #include "engine/autograd.h"
 #include "engine/ops.h"
+#include "engine/ops_common.h"
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/matmul.h"
 
 namespace clipcu::ops {
 
-namespace {
-
-// The CPU path only, for now: a CUDA tensor gets a clear error rather than a wrong pointer.
-void check_float(const char* op, const char* arg, const Tensor& t) {
-  CLIPCU_CHECK(t.defined(), "op " << op << ": argument '" << arg << "' is undefined");
-  CLIPCU_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::F64,
-               "op " << op << ": argument '" << arg << "' is " << t.str() << ", expected F32 or F64");
-  CLIPCU_CHECK(!t.device().is_cuda(), "op " << op << ": CUDA path not built yet (argument '" << arg << "' is "
-                                            << t.str() << ")");
-}
-
-void check_same_dtype(const char* op, const char* arg, const Tensor& t, const char* ref_arg, const Tensor& ref) {
-  CLIPCU_CHECK(t.dtype() == ref.dtype(), "op " << op << ": argument '" << arg << "' is " << t.str() << " but '"
-                                               << ref_arg << "' is " << ref.str() << " (one dtype for all)");
-}
-
-// Calls f(T{}) with T = float or double for the (already checked) dtype.
-template <class F>
-void with_float(DType t, F&& f) {
-  if (t == DType::F32) {
-    f(float{});
-  } else {
-    f(double{});
-  }
-}
-
-// The gradient buffer of an input that requires one (zeros on first use), else an undefined
-// tensor. Takes a handle by value: copies share the autograd state, and closures hold const ones.
-Tensor grad_target(Tensor t) { return t.defined() && t.requires_grad() ? t.grad_buffer() : Tensor(); }
-
-template <class T>
-T* data_or_null(Tensor t) {
-  return t.defined() ? t.data<T>() : nullptr;
-}
-
-}  // namespace
+using namespace detail;
 
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
   const char* op = "matmul";

@@ -9,50 +9,14 @@
 
 #include "engine/autograd.h"
 #include "engine/ops.h"
+#include "engine/ops_common.h"
 #include "kernels/cpu/shape.h"
 
 namespace clipcu::ops {
 
+using namespace detail;
+
 namespace {
-
-// The CPU path only, for now: a CUDA tensor gets a clear error rather than a wrong pointer.
-void check_cpu(const char* op, const Tensor& t) {
-  CLIPCU_CHECK(!t.device().is_cuda(), "op " << op << ": CUDA path not built yet (argument " << t.str() << ")");
-}
-
-void check_float(const char* op, const char* arg, const Tensor& t) {
-  CLIPCU_CHECK(t.defined(), "op " << op << ": argument '" << arg << "' is undefined");
-  CLIPCU_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::F64,
-               "op " << op << ": argument '" << arg << "' is " << t.str() << ", expected F32 or F64");
-  check_cpu(op, t);
-}
-
-void check_index(const char* op, const char* arg, const Tensor& t) {
-  CLIPCU_CHECK(t.defined(), "op " << op << ": argument '" << arg << "' is undefined");
-  CLIPCU_CHECK(t.dtype() == DType::I32 || t.dtype() == DType::I64,
-               "op " << op << ": argument '" << arg << "' is " << t.str() << ", expected I32 or I64");
-  check_cpu(op, t);
-}
-
-// Calls f(T{}) with T = float or double for the tensor's (already checked) dtype.
-template <class F>
-void with_float(DType t, F&& f) {
-  if (t == DType::F32) {
-    f(float{});
-  } else {
-    f(double{});
-  }
-}
-
-// Calls f(I{}) with I = int32_t or int64_t.
-template <class F>
-void with_index(DType t, F&& f) {
-  if (t == DType::I32) {
-    f(int32_t{});
-  } else {
-    f(int64_t{});
-  }
-}
 
 int normalize_dim(const char* op, int dim, int64_t ndim) {
   CLIPCU_CHECK(dim >= -ndim && dim < ndim,

@@ -5,20 +5,14 @@
 
 #include <cmath>
 
+#include "engine/ops_common.h"
 #include "kernels/cpu/adamw.h"
 
 namespace clipcu::optim {
 
-namespace {
+using ops::detail::with_float;
 
-template <class F>
-void with_float(DType t, F&& f) {
-  if (t == DType::F32) {
-    f(float{});
-  } else {
-    f(double{});
-  }
-}
+namespace {
 
 void check_param(const char* where, const std::string& name, const Tensor& p) {
   CLIPCU_CHECK(p.defined(), where << ": parameter '" << name << "' is undefined");
