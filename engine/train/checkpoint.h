@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/file_util.h"
 #include "weights/safetensors.h"
 
 namespace clipcu::train {
@@ -44,8 +45,7 @@ class CheckpointManager {
   int keep_last_;
 };
 
-// Atomically writes text to path (temporary file, fsync, rename).
-void write_file_atomic(const std::string& path, const std::string& bytes);
+using clipcu::write_file_atomic;  // engine/file_util.h
 // CRC-32 (zlib's) of a whole file; throws naming the file when unreadable.
 uint32_t file_crc32(const std::string& path, uint64_t* size_out = nullptr);
 
