@@ -175,6 +175,13 @@ Tensor make_input(const Shape& shape, Fill fill, uint64_t seed, bool requires_gr
   return t;
 }
 
+const char* fill_name(Fill f) { return f == Fill::Random ? "random" : f == Fill::Ones ? "ones" : "arange"; }
+
+Tensor golden_input(const std::string& name, DType dt) {
+  Tensor t = golden("ops.safetensors").get(name).to(DType::F32).clone();
+  return dt == DType::F32 ? t : t.to(dt);
+}
+
 bool gpu_available() {
   bool ok = cuda_available();
   static bool told = false;

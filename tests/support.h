@@ -54,6 +54,12 @@ enum class Fill { Random, Ones, Arange };
 Tensor make_input(const Shape& shape, Fill fill, uint64_t seed, bool requires_grad = true,
                   DType dtype = DType::F64);
 
+// The three input kinds every op test runs, and their names for messages.
+inline constexpr Fill kFills[] = {Fill::Random, Fill::Ones, Fill::Arange};
+const char* fill_name(Fill f);
+// An input of ops.safetensors as float32 (a copy), converted to dt.
+Tensor golden_input(const std::string& name, DType dt);
+
 bool gpu_available();
 
 }  // namespace clipcu::test

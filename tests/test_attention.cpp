@@ -10,16 +10,11 @@
 
 using namespace clipcu;
 using test::Fill;
+using test::kFills;
+using test::fill_name;
+using test::golden_input;
 
 namespace {
-
-const Fill kFills[] = {Fill::Random, Fill::Ones, Fill::Arange};
-const char* fill_name(Fill f) { return f == Fill::Random ? "random" : f == Fill::Ones ? "ones" : "arange"; }
-
-Tensor golden_input(const std::string& name, DType dt) {
-  Tensor t = test::golden("ops.safetensors").get(name).to(DType::F32).clone();
-  return dt == DType::F32 ? t : t.to(dt);
-}
 
 // softmax(q k^T / sqrt(D)) v written out with the full score matrix, in float64.
 Tensor reference_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal) {

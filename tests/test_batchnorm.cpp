@@ -15,7 +15,6 @@ using namespace clipcu::test;
 
 namespace {
 Tensor G(const std::string& name) { return golden("ops.safetensors").get(name).clone(); }
-const char* fill_name(Fill f) { return f == Fill::Random ? "random" : f == Fill::Ones ? "ones" : "arange"; }
 }  // namespace
 
 TEST_CASE("batch_norm2d golden: training forward, running statistics, gradients") {

@@ -10,11 +10,10 @@
 
 using namespace clipcu;
 using test::Fill;
+using test::kFills;
+using test::fill_name;
 
 namespace {
-
-const Fill kFills[] = {Fill::Random, Fill::Ones, Fill::Arange};
-const char* fill_name(Fill f) { return f == Fill::Random ? "random" : f == Fill::Ones ? "ones" : "arange"; }
 
 struct Pair {
   Shape a, b;

@@ -11,11 +11,11 @@
 
 using namespace clipcu;
 using test::Fill;
+using test::kFills;
+using test::fill_name;
+using test::golden_input;
 
 namespace {
-
-const Fill kFills[] = {Fill::Random, Fill::Ones, Fill::Arange};
-const char* fill_name(Fill f) { return f == Fill::Random ? "random" : f == Fill::Ones ? "ones" : "arange"; }
 
 const cpu::GemmVariant kFastVariants[] = {cpu::GemmVariant::Blocked, cpu::GemmVariant::OpenBLAS,
                                           cpu::GemmVariant::Auto};
@@ -87,11 +87,6 @@ void all_variants_match_naive(double tol) {
         check_variants<T>(ta, tb, c, fill, T(-0.75), T(0.5), false, seed + 3, tol, worst);
         seed += 6;
       }
-}
-
-Tensor golden_input(const std::string& name, DType dt) {
-  Tensor t = test::golden("ops.safetensors").get(name).to(DType::F32).clone();
-  return dt == DType::F32 ? t : t.to(dt);
 }
 
 }  // namespace

@@ -15,9 +15,6 @@ using namespace clipcu::test;
 
 namespace {
 
-const Fill kFills[] = {Fill::Random, Fill::Ones, Fill::Arange};
-const char* fill_name(Fill f) { return f == Fill::Random ? "random" : f == Fill::Ones ? "ones" : "arange"; }
-
 // Row-major strides of a shape.
 std::vector<int64_t> strides_of(const Shape& s) {
   std::vector<int64_t> st(s.size(), 1);
