@@ -13,9 +13,9 @@ deps="${1:-$repo/.deps}"
 shared="$repo/../shared"
 
 # Debian packages whose headers / link-time files the GPU machine lacks. The runtime packages
-# travel too where the GPU machine's distribution has another soname (libstb0, libutf8proc2);
-# libarchive's runtime (libarchive.so.13) is the system's own there (device-check.sh relinks).
-packages=(libstb-dev libstb0 libarchive-dev libutf8proc-dev libutf8proc2)
+# travel too where the GPU machine's distribution lacks that soname (libstb0, libutf8proc2,
+# libarchive13: Ubuntu 24.04 has none installed); device-check.sh relinks any other.
+packages=(libstb-dev libstb0 libarchive-dev libarchive13 libutf8proc-dev libutf8proc2)
 
 mkdir -p "$deps/debs"
 echo "device-prepare: downloading ${packages[*]} into $deps/debs"

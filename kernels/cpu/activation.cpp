@@ -54,9 +54,10 @@ struct Fn<Activation::QuickGELU, T> {
 
 template <class T>
 struct Fn<Activation::GELUErf, T> {
-  static T f(T x) { return T(0.5) * x * (T(1) + std::erf(x * T(kInvSqrt2))); }
+  // 1 + erf(t) written as erfc(-t): in the negative tail 1 + erf(t) cancels to a few digits
+  static T f(T x) { return T(0.5) * x * std::erfc(-x * T(kInvSqrt2)); }
   static T df(T x, T) {
-    return T(0.5) * (T(1) + std::erf(x * T(kInvSqrt2))) + x * T(kInvSqrt2Pi) * std::exp(T(-0.5) * x * x);
+    return T(0.5) * std::erfc(-x * T(kInvSqrt2)) + x * T(kInvSqrt2Pi) * std::exp(T(-0.5) * x * x);
   }
 };
 

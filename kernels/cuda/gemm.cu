@@ -25,6 +25,7 @@
 #include "kernels/cuda/gemm.cuh"
 
 #include <algorithm>
+#include <cstdint>
 #include <type_traits>
 
 #include "kernels/cuda/common/check.h"
@@ -486,7 +487,9 @@ void launch_cublas(const GemmParams<T>& p_in, cudaStream_t stream) {
   const int64_t m = p.N, n = p.M, k = p.K;
   const int64_t ld_first = p.trans_b ? p.K : p.N;   // rows of B's column-major view
   const int64_t ld_second = p.trans_a ? p.M : p.K;  // rows of A's column-major view
-  const bool bias_only = p.bias && !p.pre_act && p.act == Act::None && !p.residual;
+  // cuBLASLt's bias epilogue wants a 16-byte aligned bias (a view into a larger tensor may not be)
+  const bool bias_only = p.bias && !p.pre_act && p.act == Act::None && !p.residual &&
+                         reinterpret_cast<uintptr_t>(p.bias) % 16 == 0;
   bool done = false;
 
   if (p.lt) {
@@ -511,10 +514,17 @@ void launch_cublas(const GemmParams<T>& p_in, cudaStream_t stream) {
     int found = 0;
     const cublasStatus_t hs = cublasLtMatmulAlgoGetHeuristic(p.lt, d.op, d.a, d.b, d.c, d.c, d.pref, 1, &result, &found);
     if (hs == CUBLAS_STATUS_SUCCESS && found > 0) {
-      CLIPCU_CUBLAS_CHECK(cublasLtMatmul(p.lt, d.op, &p.alpha, p.B, d.a, p.A, d.b, &p.beta, p.C, d.c, p.C, d.c,
-                                         &result.algo, p.workspace, p.workspace ? p.workspace_bytes : 0, stream));
-      done = true;
-      if (bias_only) return;
+      // an algorithm the heuristic offered can still refuse these operands (NOT_SUPPORTED): then
+      // the plain cuBLAS call below does the product and the epilogue pass the rest
+      const cublasStatus_t ms = cublasLtMatmul(p.lt, d.op, &p.alpha, p.B, d.a, p.A, d.b, &p.beta, p.C, d.c, p.C,
+                                               d.c, &result.algo, p.workspace, p.workspace ? p.workspace_bytes : 0,
+                                               stream);
+      if (ms == CUBLAS_STATUS_SUCCESS) {
+        done = true;
+        if (bias_only) return;
+      } else if (ms != CUBLAS_STATUS_NOT_SUPPORTED) {
+        CLIPCU_CUBLAS_CHECK(ms);
+      }
     }
   }
   if (!done) {

@@ -65,7 +65,8 @@ __device__ __forceinline__ float act_forward(float x) {
   } else if constexpr (A == Act::QuickGELU) {
     return x / (1.f + expf(-1.702f * x));
   } else if constexpr (A == Act::GELU) {
-    return 0.5f * x * (1.f + erff(x * 0.70710678118654752f));
+    // 1 + erf(t) = erfc(-t): no cancellation in the negative tail, where 1 + erf loses all digits
+    return 0.5f * x * erfcf(-x * 0.70710678118654752f);
   } else {
     const float u = 0.79788456080286536f * (x + 0.044715f * x * x * x);
     return 0.5f * x * (1.f + tanhf(u));
@@ -83,7 +84,7 @@ __device__ __forceinline__ float act_backward(float x) {
     const float s = 1.f / (1.f + expf(-1.702f * x));
     return s + 1.702f * x * s * (1.f - s);
   } else if constexpr (A == Act::GELU) {
-    const float cdf = 0.5f * (1.f + erff(x * 0.70710678118654752f));
+    const float cdf = 0.5f * erfcf(-x * 0.70710678118654752f);
     const float pdf = 0.39894228040143268f * expf(-0.5f * x * x);
     return cdf + x * pdf;
   } else {
