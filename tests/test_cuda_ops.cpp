@@ -537,9 +537,12 @@ void layernorm_case(int64_t N, int64_t C, bool residual, bool affine, cuda::Laye
 CLIPCU_GPU_TEST("cuda layernorm: fused residual add, forward and backward against the CPU") {
   WorstError wf{"layernorm forward", 0.0, {}}, wb{"layernorm backward", 0.0, {}};
   uint64_t seed = 300;
-  // C: 1 and 5 (odd: Simple even when Warp is asked), 64, 768, 1024 (the Warp limits), 1030, 2048
+  // C: 1 and 5 (odd: Simple even when Warp is asked), 64, 768, 1024 (the Warp limits), 1030, 2048;
+  // 384, 640 and 1536 take the Warp kernels' 3-, 6- (with idle lanes) and 12-vector widths
   const std::vector<std::pair<int64_t, int64_t>> shapes = maybe_small<std::pair<int64_t, int64_t>>(
-      {{1, 1}, {7, 5}, {9, 1030}, {33, 1024}, {5, 2048}, {64, 64}, {300, 768}, {1000, 96}}, 5);
+      {{1, 1}, {7, 5}, {9, 1030}, {33, 1024}, {5, 2048}, {64, 64}, {300, 768}, {1000, 96}, {50, 384}, {17, 640},
+       {4, 1536}},
+      5);
   for (auto [N, C] : shapes)
     for (cuda::LayerNormKernel k : {cuda::LayerNormKernel::Simple, cuda::LayerNormKernel::Warp})
       for (int mode = 0; mode < 3; ++mode) {

@@ -10,9 +10,9 @@
 // the 4-element vectors l, l + 32, ... of its row in registers (kChunks of them), so the row is
 // read once and written once. Backward: a block owns a fixed chunk of rows; each warp walks
 // rows warp, warp + 8, ... of the chunk, writes dh and keeps the column partials of dweight /
-// dbias for its lane's columns in registers; at the end the 8 warps add their partials into
-// shared memory one warp after the other (fixed order) and the block writes its chunk's row of
-// the [chunks, C] workspace. A second kernel adds the chunks per column in chunk order.
+// dbias for its lane's columns in its own slice of shared memory; at the end the block adds the
+// 8 warps' partials per column in warp order and writes its chunk's row of the [chunks, C]
+// workspace. A second kernel adds the chunks per column in chunk order.
 // Simple variant: one block per row (forward) or per chunk (backward) with block reductions;
 // the backward's thread-owned columns accumulate in shared memory.
 // Column partial kernel (bias + activation backward, column sums): blocks of 32 columns x 8 row
@@ -164,22 +164,32 @@ __global__ void __launch_bounds__(256) ln_fwd_simple(const LayerNormForwardArgs<
 }
 
 // ---------------------------------------------------------------- layer norm backward
-// grid: chunks; block: 256 (8 warps); dynamic shared memory: 2 C floats when dweight or dbias.
+// grid: chunks; block: 256 (8 warps); dynamic shared memory: 16 C floats when dweight or dbias
+// (per warp, its dweight and dbias partials: a lane only ever touches its own columns, so no
+// races and no atomics). Keeping the partials out of registers is what lets 2-3 blocks share an
+// SM: with them in registers the kernel needed 189 registers and ran one block (8 warps) per SM,
+// too few loads in flight to come near the memory bandwidth.
 template <class T, int kChunks>
-__global__ void __launch_bounds__(256) ln_bwd_warp(const LayerNormBackwardArgs<T> a, int64_t rows_per_chunk,
-                                                   int64_t chunks) {
-  extern __shared__ float red[];  // [2][C]: dweight partials, dbias partials
+__global__ void __launch_bounds__(256, kChunks > 6 ? 2 : 3) ln_bwd_warp(const LayerNormBackwardArgs<T> a, int64_t rows_per_chunk,
+                                                      int64_t chunks) {
+  extern __shared__ float red[];  // [8 warps][2][C]: dweight partials, dbias partials
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const int64_t C = a.C, chunk = blockIdx.x;
   const int64_t r_begin = chunk * rows_per_chunk, r_end = min64(a.N, r_begin + rows_per_chunk);
   const bool want_params = a.dweight || a.dbias;
   const float inv_c = 1.f / float(C);
-  // weight is re-read per row (an L1 hit) rather than held: registers go to dy, xhat and the partials
-  float pw[kChunks][kVec], pb[kChunks][kVec];
+  float* const pw = red + int64_t(warp) * 2 * C;  // this warp's [C] dweight partials
+  float* const pb = pw + C;                       // and [C] dbias partials
+  if (want_params) {
 #pragma unroll
-  for (int k = 0; k < kChunks; ++k)
+    for (int k = 0; k < kChunks; ++k) {
+      const int64_t c = int64_t(lane + 32 * k) * kVec;
+      if (c < C) {
 #pragma unroll
-    for (int e = 0; e < kVec; ++e) pw[k][e] = 0.f, pb[k][e] = 0.f;
+        for (int e = 0; e < kVec; ++e) pw[c + e] = 0.f, pb[c + e] = 0.f;
+      }
+    }
+  }
   for (int64_t row = r_begin + warp; row < r_end; row += 8) {
     const int64_t base = row * C;
     const float mean = a.mean[row], rstd = a.rstd[row];
@@ -214,10 +224,13 @@ __global__ void __launch_bounds__(256) ln_bwd_warp(const LayerNormBackwardArgs<T
       float dh[kVec], w[kVec] = {1.f, 1.f, 1.f, 1.f};
       if (a.weight) load_vec<kVec>(a.weight + c, w);
 #pragma unroll
-      for (int e = 0; e < kVec; ++e) {
-        dh[e] = rstd * (dy[k][e] * w[e] - s1 - xh[k][e] * s2);
-        pw[k][e] += dy[k][e] * xh[k][e];
-        pb[k][e] += dy[k][e];
+      for (int e = 0; e < kVec; ++e) dh[e] = rstd * (dy[k][e] * w[e] - s1 - xh[k][e] * s2);
+      if (want_params) {
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) {
+          pw[c + e] += dy[k][e] * xh[k][e];
+          pb[c + e] += dy[k][e];
+        }
       }
       T* const outs[2] = {a.dx, a.dresidual};
 #pragma unroll
@@ -232,27 +245,19 @@ __global__ void __launch_bounds__(256) ln_bwd_warp(const LayerNormBackwardArgs<T
     }
   }
   if (!want_params) return;  // uniform over the block
-  // the warps' partials into shared memory, warp 0 first, then 1, ... (fixed order)
-  for (int wi = 0; wi < 8; ++wi) {
-    if (warp == wi) {
-#pragma unroll
-      for (int k = 0; k < kChunks; ++k) {
-        const int64_t c = int64_t(lane + 32 * k) * kVec;
-        if (c >= C) continue;
-#pragma unroll
-        for (int e = 0; e < kVec; ++e) {
-          red[c + e] = wi == 0 ? pw[k][e] : red[c + e] + pw[k][e];
-          red[C + c + e] = wi == 0 ? pb[k][e] : red[C + c + e] + pb[k][e];
-        }
-      }
-    }
-    __syncthreads();
-  }
-  float* part_w = a.workspace + chunk * C;                         // [chunks, C]
-  float* part_b = a.workspace + (chunks + chunk) * C;              // [chunks, C] after part_w
+  __syncthreads();
+  // the 8 warps' partials per column, warp 0 first (a fixed order)
+  float* part_w = a.workspace + chunk * C;             // [chunks, C]
+  float* part_b = a.workspace + (chunks + chunk) * C;  // [chunks, C] after part_w
   for (int64_t c = threadIdx.x; c < C; c += 256) {
-    part_w[c] = red[c];
-    part_b[c] = red[C + c];
+    float sw = 0.f, sb = 0.f;
+#pragma unroll
+    for (int wi = 0; wi < 8; ++wi) {
+      sw += red[int64_t(wi) * 2 * C + c];
+      sb += red[int64_t(wi) * 2 * C + C + c];
+    }
+    part_w[c] = sw;
+    part_b[c] = sb;
   }
 }
 
@@ -355,11 +360,16 @@ bool warp_path_ok(int64_t C, int64_t max_c, std::initializer_list<const void*> p
 // (kMax: the widest one compiled for the caller's kernel).
 template <int kMax, class F>
 void dispatch_chunks(int64_t C, F&& f) {
+  // exact widths for CLIP's usual C (384, 768: 3 and 6 vectors per lane), so no lane holds
+  // registers for columns that do not exist
   const int64_t need = (C + 32 * kVec - 1) / (32 * kVec);
   if (need <= 1) f.template operator()<1>();
   else if (need <= 2) f.template operator()<2>();
+  else if (need <= 3) f.template operator()<3>();
   else if (need <= 4) f.template operator()<4>();
+  else if (need <= 6) f.template operator()<6>();
   else if (need <= 8 || kMax <= 8) f.template operator()<8>();
+  else if (need <= 12) f.template operator()<(kMax > 8 ? 12 : 8)>();
   else f.template operator()<(kMax > 8 ? 16 : 8)>();
 }
 
@@ -404,7 +414,7 @@ void layernorm_backward(const LayerNormBackwardArgs<T>& a, cudaStream_t stream) 
   const int64_t rows = chunk_rows(a.N), chunks = num_chunks(a.N);
   const bool warp = a.kernel == LayerNormKernel::Warp &&
                     warp_path_ok<T>(a.C, kWarpBwdMaxC, {a.dy, a.h, a.weight, a.dx, a.dresidual});
-  const size_t smem = want_params ? size_t(2 * a.C) * sizeof(float) : 0;
+  const size_t smem = want_params ? size_t(16 * a.C) * sizeof(float) : 0;  // 8 warps x [2][C]
   if (warp) {
     dispatch_chunks<8>(a.C, [&]<int kChunks>() {
       auto kernel = ln_bwd_warp<T, kChunks>;
