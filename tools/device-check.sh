@@ -172,17 +172,20 @@ if [ "$RC" -ne 0 ]; then
 else
   record configure PASS "$SECS" "$(grep -E 'clipcu: (CUDA|OpenBLAS)' "$OUTDIR/build.log" | sed 's/-- //' | tr '\n' ' ')"
   targets=(); what="all targets"
-  [ "$CUDA_ONLY" -eq 1 ] && targets=(--target test_cuda_ops bench_cuda_ops) && what="${targets[*]}"
-  timed 300 cmake --build "$BUILD" -j "$JOBS" "${targets[@]}" >>"$OUTDIR/build.log" 2>&1
+  if [ "$CUDA_ONLY" -eq 1 ]; then
+    # every test_cuda_* and bench_cuda_* program (names from the generator's target list)
+    mapfile -t cuda_targets < <(cmake --build "$BUILD" --target help 2>/dev/null | grep -oE '\b(test|bench)_cuda[a-z0-9_]*' | sort -u)
+    [ ${#cuda_targets[@]} -gt 0 ] || cuda_targets=(test_cuda_ops bench_cuda_ops)
+    targets=(--target "${cuda_targets[@]}"); what="${cuda_targets[*]}"
+  fi
+  # -k: a target that fails to build does not stop the others (their tests still run below)
+  timed 300 cmake --build "$BUILD" -j "$JOBS" "${targets[@]}" -- -k >>"$OUTDIR/build.log" 2>&1
   if [ "$RC" -eq 0 ]; then
     warnings=$(grep -c -i 'warning' "$OUTDIR/build.log")
     record build PASS "$SECS" "$what, -j$JOBS; $warnings lines mention a warning"
   else
     errs="$(grep -E 'error' "$OUTDIR/build.log" | head -3 | tr '|' '/' | cut -c1-160 | tr '\n' ' ')"
     record build "$(verdict $RC)" "$SECS" "$what: $errs"
-    # the CUDA checks still run if their own targets build (another module may be broken)
-    timed 240 cmake --build "$BUILD" -j "$JOBS" --target test_cuda_ops >>"$OUTDIR/build.log" 2>&1
-    record "build test_cuda_ops alone" "$(verdict $RC)" "$SECS" ""
   fi
 fi
 
@@ -206,21 +209,31 @@ run_benches() {
 : >"$OUTDIR/bench.log"
 
 # ---------------------------------------------------------------- CUDA tests
-TCO="$BUILD/tests/test_cuda_ops"
-if [ -x "$TCO" ]; then
-  timed 150 "$TCO" --duration=true >"$OUTDIR/test_cuda.log" 2>&1
-  summary="$(grep -E '^\[doctest\] (test cases|assertions)' "$OUTDIR/test_cuda.log" | tr '\n' ' ')"
+# every tests/test_cuda_* program, in full, one after the other into test_cuda.log
+CUDA_TESTS=()
+for t in "$BUILD"/tests/test_cuda_*; do [ -x "$t" ] && CUDA_TESTS+=("$t"); done
+: >"$OUTDIR/test_cuda.log"
+if [ ${#CUDA_TESTS[@]} -eq 0 ]; then
+  record "CUDA tests" FAIL 0 "no tests/test_cuda_* program was built"
+fi
+for t in "${CUDA_TESTS[@]}"; do
+  name="$(basename "$t")"
+  echo "===== $name" >>"$OUTDIR/test_cuda.log"
+  timed 150 "$t" --duration=true >"$OUTDIR/.one.log" 2>&1
+  cat "$OUTDIR/.one.log" >>"$OUTDIR/test_cuda.log"
+  summary="$(grep -E '^\[doctest\] (test cases|assertions)' "$OUTDIR/.one.log" | tr '\n' ' ' | tr '|' '/')"
   if [ "$RC" -eq 77 ]; then
-    record "CUDA tests (test_cuda_ops)" FAIL "$SECS" "exit 77: no GPU answered, the GPU tests were skipped"
+    record "CUDA tests ($name)" FAIL "$SECS" "exit 77: no GPU answered, the GPU tests were skipped"
   else
-    record "CUDA tests (test_cuda_ops)" "$(verdict $RC)" "$SECS" "$summary"
+    record "CUDA tests ($name)" "$(verdict $RC)" "$SECS" "$summary"
   fi
+done
+rm -f "$OUTDIR/.one.log"
+if [ ${#CUDA_TESTS[@]} -gt 0 ]; then
   worst="$(grep -E 'worst rel err' "$OUTDIR/test_cuda.log" | sed -E 's/^.*MESSAGE: //' | sort -u | sed 's/^/    /')"
-  fails="$(grep -E 'ERROR:|FAILED!' -A2 "$OUTDIR/test_cuda.log" | head -40 | sed 's/^/    /')"
+  fails="$(grep -E 'ERROR:|FAILED!|^=====' -A2 "$OUTDIR/test_cuda.log" | grep -v -E '^=====|^--$' | grep -B0 -A2 -E 'ERROR:|FAILED!' | head -60 | sed 's/^/    /')"
   add_extra "## CUDA tests: worst relative error per group"$'\n\n'"${worst:-    (none printed)}"
   [ -n "$fails" ] && add_extra "## CUDA test failures (first lines; test_cuda.log has all)"$'\n\n'"$fails"
-else
-  record "CUDA tests (test_cuda_ops)" FAIL 0 "not built"
 fi
 
 # ---------------------------------------------------------------- CUDA benchmarks (before the
@@ -232,40 +245,43 @@ if [ "$BENCH" -eq 1 ]; then
 fi
 
 # ---------------------------------------------------------------- compute-sanitizer
+# memcheck over every CUDA test program, racecheck over the kernels that use shared memory; small
+# shapes (CLIPCU_TEST_SMALL) and no ViT-B/32-sized cases: the tools slow kernels down a lot
 : >"$OUTDIR/sanitizer.log"
-if [ "$SANITIZE" -eq 1 ] && [ -x "$TCO" ]; then
-  # small shapes (CLIPCU_TEST_SMALL) and no ViT-sized GEMMs: the tools slow kernels down a lot
-  exclude='*ViT-B/32*'
-  for tool in memcheck racecheck; do
-    case "$tool" in
-      memcheck) cases='*' ;;
-      # the kernels that use shared memory: all but embedding (plain row copies) and the runtime
-      racecheck) cases='cuda gemm*,cuda attention*,cuda layernorm*,cuda bias*,cuda clip loss*,cuda adamw*' ;;
-    esac
-    echo "===== compute-sanitizer --tool $tool (test cases: $cases)" >>"$OUTDIR/sanitizer.log"
-    timed 150 env CLIPCU_TEST_SMALL=1 "$SANITIZER" --tool "$tool" --error-exitcode 3 --print-limit 20 \
-      "$TCO" "--test-case=$cases" "--test-case-exclude=$exclude" >>"$OUTDIR/sanitizer.log" 2>&1
-    summary="$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUTDIR/sanitizer.log" | tail -1)"
-    case "$RC" in
-      0) res=PASS ;;
-      3) res="FAIL (errors found)" ;;
-      124|137) res=TIMEOUT ;;
-      *) res="FAIL (exit $RC: tests failed or the tool broke)" ;;
-    esac
-    record "compute-sanitizer $tool" "$res" "$SECS" "${summary:-no summary line}"
+sanitize() {  # tool program cases
+  local tool="$1" prog="$2" cases="$3" res summary
+  echo "===== compute-sanitizer --tool $tool $(basename "$prog") (test cases: $cases)" >>"$OUTDIR/sanitizer.log"
+  timed 120 env CLIPCU_TEST_SMALL=1 "$SANITIZER" --tool "$tool" --error-exitcode 3 --print-limit 20 \
+    "$prog" "--test-case=$cases" "--test-case-exclude=*ViT-B/32*" >>"$OUTDIR/sanitizer.log" 2>&1
+  summary="$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUTDIR/sanitizer.log" | tail -1)"
+  case "$RC" in
+    0) res=PASS ;;
+    3) res="FAIL (errors found)" ;;
+    124|137) res=TIMEOUT ;;
+    *) res="FAIL (exit $RC: tests failed or the tool broke)" ;;
+  esac
+  record "compute-sanitizer $tool $(basename "$prog")" "$res" "$SECS" "${summary:-no summary line}"
+}
+if [ "$SANITIZE" -eq 1 ] && [ ${#CUDA_TESTS[@]} -gt 0 ]; then
+  for t in "${CUDA_TESTS[@]}"; do
+    sanitize memcheck "$t" '*'
   done
+  # all kernels with shared memory but embedding (plain row copies) and the runtime
+  [ -x "$BUILD/tests/test_cuda_ops" ] && sanitize racecheck "$BUILD/tests/test_cuda_ops" \
+    'cuda gemm*,cuda attention*,cuda layernorm*,cuda bias*,cuda clip loss*,cuda adamw*'
+  [ -x "$BUILD/tests/test_cuda_conv" ] && sanitize racecheck "$BUILD/tests/test_cuda_conv" '*'
 elif [ "$SANITIZE" -eq 0 ]; then
   record "compute-sanitizer" SKIP 0 "--no-sanitizers"
 else
-  record "compute-sanitizer" "NOT RUN" 0 "test_cuda_ops was not built"
+  record "compute-sanitizer" "NOT RUN" 0 "no CUDA test program was built"
 fi
 
 # ---------------------------------------------------------------- every other test
 if [ "$CUDA_ONLY" -eq 1 ]; then
   record "ctest (all other tests)" SKIP 0 "--cuda-only"
 elif [ -d "$BUILD/tests" ]; then
-  # test_cuda_ops ran above in full; its cases start with "cuda "
-  timed 200 ctest --test-dir "$BUILD" -j "$JOBS" --timeout 180 --output-on-failure -E '^cuda ' >"$OUTDIR/ctest.log" 2>&1
+  # the CUDA test programs (label "cuda") ran above in full
+  timed 200 ctest --test-dir "$BUILD" -j "$JOBS" --timeout 180 --output-on-failure -LE cuda >"$OUTDIR/ctest.log" 2>&1
   summary="$(grep -E 'tests passed|tests failed' "$OUTDIR/ctest.log" | tail -1)"
   failed="$(sed -n '/The following tests FAILED/,$p' "$OUTDIR/ctest.log" | grep -E '^\s+[0-9]+ - ' | head -15 | sed 's/^\s*/    /')"
   skipped="$(grep -c 'Skipped' "$OUTDIR/ctest.log")"
