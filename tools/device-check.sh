@@ -8,21 +8,25 @@
 #
 # usage: tools/device-check.sh OUTDIR [--prefix DIR] [--build-dir DIR] [--arch ARCHS] [--jobs N]
 #                              [--no-bench] [--no-sanitizers] [--cuda-only] [--budget SECONDS]
+#                              [--bench-budget SECONDS]
 #   --prefix DIR   what tools/device-prepare.sh made (default: <repo>/.deps when it exists):
 #                  DIR/debs/*.deb are unpacked into DIR/root and put on CMAKE_PREFIX_PATH,
 #                  PKG_CONFIG_PATH and LD_LIBRARY_PATH; DIR/golden and DIR/vocab become
 #                  CLIPCU_GOLDEN and CLIPCU_VOCAB.
 #   --arch ARCHS   CMAKE_CUDA_ARCHITECTURES (default: the GPU's own, e.g. 90a on an H100)
 #   --budget S     the report is final after S seconds (default 470: within 8 minutes)
+#   --bench-budget S  seconds for bench/run_gpu_benchmarks.sh (default 150)
 #   --cuda-only    build only the CUDA tests and benchmarks; run those and the sanitizers (a
 #                  quick first look at the kernels; the CPU-only tests and benchmarks are left out)
-# Files written (at most 8, flat, for the device tool's copy-back): report.md, env.log,
-# build.log, test_cuda.log, sanitizer.log, ctest.log, bench.log.
+# Files written (at most 8, flat, for the device tool's copy-back): report.md, build.log (the
+# environment, then configure and build), test_cuda.log, sanitizer.log, ctest.log, bench.log,
+# bench_table.md and bench_json.tgz (bench/run_gpu_benchmarks.sh's table and JSON).
 # Exit status: 0 when every stage passed, 1 otherwise.
 set -uo pipefail
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,/^set -uo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 2; }
 [ $# -ge 1 ] || usage
+case "$1" in -h|--help|-*) usage ;; esac
 OUTDIR="$1"; shift
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PREFIX=""
@@ -34,6 +38,7 @@ BENCH=1
 SANITIZE=1
 CUDA_ONLY=0
 BUDGET=470
+BENCH_BUDGET=150
 while [ $# -gt 0 ]; do
   case "$1" in
     --prefix) PREFIX="$(cd "$2" && pwd)"; shift 2 ;;
@@ -44,12 +49,13 @@ while [ $# -gt 0 ]; do
     --no-sanitizers) SANITIZE=0; shift ;;
     --cuda-only) CUDA_ONLY=1; shift ;;
     --budget) BUDGET="$2"; shift 2 ;;
+    --bench-budget) BENCH_BUDGET="$2"; shift 2 ;;
     -h|--help) usage ;;
     *) echo "device-check: unknown argument $1" >&2; usage ;;
   esac
 done
-mkdir -p "$OUTDIR"
-OUTDIR="$(cd "$OUTDIR" && pwd)"
+mkdir -p "$OUTDIR" && OUTDIR="$(cd "$OUTDIR" && pwd)" || { echo "device-check: cannot use $OUTDIR as the output folder" >&2; exit 2; }
+RC=1; SECS=0
 REPORT="$OUTDIR/report.md"
 
 T0=$(date +%s)
@@ -116,7 +122,7 @@ add_extra() { EXTRA+=$'\n'"$1"; write_report; }
   echo "== c++"; c++ --version 2>&1 | head -1
   echo "== compute-sanitizer"; (compute-sanitizer --version || /usr/local/cuda/bin/compute-sanitizer --version) 2>&1 | head -3
   echo "== cores"; nproc
-} >"$OUTDIR/env.log" 2>&1
+} >"$OUTDIR/build.log" 2>&1
 if command -v nvidia-smi >/dev/null 2>&1; then
   GPU="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)"
   DRIVER="$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -1)"
@@ -166,7 +172,7 @@ fi
 
 # ---------------------------------------------------------------- configure + build
 timed 120 cmake -S "$repo" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCLIPCU_CUDA=ON \
-  "-DCMAKE_CUDA_ARCHITECTURES=$ARCH" "-DCMAKE_CUDA_COMPILER=$NVCC" >"$OUTDIR/build.log" 2>&1
+  "-DCMAKE_CUDA_ARCHITECTURES=$ARCH" "-DCMAKE_CUDA_COMPILER=$NVCC" >>"$OUTDIR/build.log" 2>&1
 if [ "$RC" -ne 0 ]; then
   record configure "$(verdict $RC)" "$SECS" "see build.log"
 else
@@ -195,13 +201,16 @@ run_benches() {
   local b name
   for b in "$BUILD"/bench/$1; do
     [ -x "$b" ] || continue
-    [[ "$1" == 'bench_*' && "$b" == */bench_cuda* ]] && continue  # ran before
+    # run_gpu_benchmarks.sh ran the GPU programs and bench_step's GPU steps
+    [[ "$b" == */bench_cuda* ]] && continue
     name="$(basename "$b")"
     echo "===== $name" >>"$OUTDIR/bench.log"
     # Google Benchmark >= 1.8 wants a unit on --benchmark_min_time, older ones refuse it
     local mt=0.05s
     "$b" --benchmark_min_time=$mt --benchmark_list_tests >/dev/null 2>&1 || mt=0.05
-    timed 90 "$b" --benchmark_min_time=$mt --benchmark_counters_tabular=true >>"$OUTDIR/bench.log" 2>&1
+    local filter=()
+    [[ "$b" == */bench_step ]] && filter=("--benchmark_filter=-gpu")  # the CPU steps only
+    timed 45 "$b" --benchmark_min_time=$mt --benchmark_counters_tabular=true "${filter[@]}" >>"$OUTDIR/bench.log" 2>&1
     record "bench $name" "$(verdict $RC)" "$SECS" ""
     [ "$(left)" -lt 30 ] && break
   done
@@ -238,10 +247,23 @@ fi
 
 # ---------------------------------------------------------------- CUDA benchmarks (before the
 # slower stages: with the CUDA tests they are what only a GPU machine can tell)
+# bench/run_gpu_benchmarks.sh: every bench_cuda_* program, bench_step's GPU steps and PyTorch
+# beside them, one table (bench_table.md) and the JSON of both sides (bench_json.tgz)
 if [ "$BENCH" -eq 1 ]; then
-  run_benches 'bench_cuda*'
-  cuda_lines="$(sed -n '/===== bench_cuda/,/=====/p' "$OUTDIR/bench.log" | grep -E '^(copy|gemm|attention|layernorm|clip|Benchmark|-)' | head -45 | sed 's/^/    /')"
-  [ -n "$cuda_lines" ] && add_extra "## CUDA benchmarks (bench.log has all)"$'\n\n'"$cuda_lines"
+  gb="$(mktemp -d)"
+  echo "===== bench/run_gpu_benchmarks.sh (budget ${BENCH_BUDGET}s)" >>"$OUTDIR/bench.log"
+  timed $((BENCH_BUDGET + 30)) "$repo/bench/run_gpu_benchmarks.sh" "$gb" "$BUILD" --budget "$BENCH_BUDGET" \
+    $([ "$CUDA_ONLY" -eq 1 ] && echo --no-compile) >/dev/null 2>&1
+  cat "$gb/bench_gpu.log" >>"$OUTDIR/bench.log" 2>/dev/null
+  if [ -s "$gb/bench_table.md" ]; then
+    cp "$gb/bench_table.md" "$OUTDIR/bench_table.md"
+    (cd "$gb" && tar czf "$OUTDIR/bench_json.tgz" ./*.json 2>/dev/null)
+    record "GPU benchmarks (bench/run_gpu_benchmarks.sh)" "$(verdict $RC)" "$SECS" "bench_table.md, bench_json.tgz"
+    add_extra "## GPU benchmarks against cuBLAS / cuDNN / PyTorch (bench_table.md)"$'\n\n'"$(cat "$gb/bench_table.md")"
+  else
+    record "GPU benchmarks (bench/run_gpu_benchmarks.sh)" "FAIL" "$SECS" "no table written: see bench.log"
+  fi
+  rm -rf "$gb"
 fi
 
 # ---------------------------------------------------------------- compute-sanitizer
