@@ -15,6 +15,10 @@
 //  - a node runs only if at least one of its outputs received a gradient; it writes only into
 //    inputs that require a gradient.
 //  - the tape is cleared by backward() (unless retain) and by clear(); saved tensors die with it.
+//  - on a CUDA device the same holds: gradient buffers are created as zeros on the tensor's
+//    device (device_memset_zero), and closures enqueue their kernels on the current stream
+//    (engine/cuda_runtime.h) without waiting for them, so backward() returns before the GPU is
+//    done and the per-node times of a GPU tape measure enqueueing (synchronize for wall time).
 //
 // Names: a NameScope pushes a module path component; every node records the path at the time it
 // was recorded and gets a name unique on the tape: "<path>.<op>" for the first such op in that

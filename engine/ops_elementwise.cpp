@@ -3,11 +3,19 @@
 // Broadcasting views a as [outer, inner] and b as [inner] (b's shape is a suffix of a's); the
 // gradient of a broadcast b is the deterministic row sum of kernels/cpu/elementwise.h.
 // Activations save their input (exp its output) for backward.
+//
+// CUDA tensors (F32/BF16) run kernels/cuda/elementwise.cuh (add, mul, scale, exp) and the
+// bias + activation kernels of kernels/cuda/layernorm.cuh with no bias (relu, gelu, quick_gelu).
 #include "engine/autograd.h"
 #include "engine/ops.h"
 #include "engine/ops_common.h"
 #include "kernels/cpu/activation.h"
 #include "kernels/cpu/elementwise.h"
+
+#ifdef CLIPCU_WITH_CUDA
+#include "kernels/cuda/elementwise.cuh"
+#include "kernels/cuda/layernorm.cuh"
+#endif
 
 namespace clipcu::ops {
 
@@ -19,6 +27,7 @@ namespace {
 int64_t check_broadcast(const char* op, const Tensor& a, const Tensor& b) {
   check_float(op, "a", a);
   check_float(op, "b", b);
+  check_same_device(op, "b", b, "a", a);
   CLIPCU_CHECK(a.dtype() == b.dtype(),
                "op " << op << ": argument 'b' is " << b.str() << " but 'a' is " << a.str() << " (one dtype for all)");
   bool suffix = b.dim() <= a.dim();
@@ -31,9 +40,85 @@ int64_t check_broadcast(const char* op, const Tensor& a, const Tensor& b) {
 
 enum class Binary { Add, Mul };
 
+#ifdef CLIPCU_WITH_CUDA
+Tensor binary_cuda(const char* op, Binary kind, const Tensor& a, const Tensor& b, int64_t outer, int64_t inner) {
+  const cuda::BinaryOp bop = kind == Binary::Add ? cuda::BinaryOp::Add : cuda::BinaryOp::Mul;
+  Tensor y = Tensor::empty(a.shape(), a.dtype(), a.device());
+  with_cuda_float(a.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    cuda::binary_forward<T>(bop, outer, inner, dev<T>(a), dev<T>(b), dev<T>(y), stream_of(a));
+  });
+  if (needs_grad({&a, &b})) {
+    tape().record(op, {a, b}, {y}, [a, b, y, bop, outer, inner]() {
+      if (!y.has_grad()) return;
+      const Tensor dy = y.grad();
+      Tensor ga = grad_target(a), gb = grad_target(b);
+      Tensor ws = gb.defined() ? scratch_floats(a, cuda::binary_backward_workspace_floats(outer, inner)) : Tensor();
+      with_cuda_float(a.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        cuda::binary_backward<T>(bop, outer, inner, dev<T>(a), dev<T>(b), dev<T>(dy), dev<T>(ga), dev<T>(gb),
+                                 ws.defined() ? ws.data<float>() : nullptr, stream_of(a));
+      });
+    });
+  }
+  return y;
+}
+
+cuda::Act cuda_act(cpu::Activation act) {
+  switch (act) {
+    case cpu::Activation::ReLU: return cuda::Act::ReLU;
+    case cpu::Activation::QuickGELU: return cuda::Act::QuickGELU;
+    case cpu::Activation::GELUErf: return cuda::Act::GELU;
+    case cpu::Activation::GELUTanh: return cuda::Act::GELUTanh;
+    default: break;
+  }
+  CLIPCU_FAIL("internal: no CUDA activation for this cpu::Activation");
+}
+
+// relu / gelu / quick_gelu through the bias + activation kernels with no bias, exp through its
+// own kernel. Rows of the last dim (bias_act's [N, C] view; any split of numel works).
+Tensor unary_cuda(const char* op, cpu::Activation act, const Tensor& x) {
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  const int64_t n = x.numel();
+  const int64_t C = x.dim() >= 1 && x.size(-1) > 0 ? x.size(-1) : 1;
+  const int64_t N = n / C;
+  const bool is_exp = act == cpu::Activation::Exp;
+  if (n > 0) {
+    with_cuda_float(x.dtype(), [&](auto tag) {
+      using T = decltype(tag);
+      if (is_exp) {
+        cuda::exp_forward<T>(n, dev<T>(x), dev<T>(y), stream_of(x));
+      } else {
+        cuda::bias_act_forward<T>(N, C, cuda_act(act), dev<T>(x), nullptr, dev<T>(y), stream_of(x));
+      }
+    });
+  }
+  if (needs_grad({&x})) {
+    tape().record(op, {x}, {y}, [x, y, act, n, N, C, is_exp]() {
+      if (!y.has_grad() || !x.requires_grad() || n == 0) return;
+      const Tensor dy = y.grad();
+      Tensor gx = grad_target(x);
+      with_cuda_float(x.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        if (is_exp) {
+          cuda::exp_backward<T>(n, dev<T>(y), dev<T>(dy), dev<T>(gx), stream_of(x));
+        } else {
+          cuda::bias_act_backward<T>(N, C, cuda_act(act), dev<T>(x), nullptr, dev<T>(dy), dev<T>(gx), nullptr,
+                                     nullptr, stream_of(x));
+        }
+      });
+    });
+  }
+  return y;
+}
+#endif
+
 Tensor binary(const char* op, Binary kind, const Tensor& a, const Tensor& b) {
   const int64_t inner = check_broadcast(op, a, b);
   const int64_t outer = inner > 0 ? a.numel() / inner : 0;
+#ifdef CLIPCU_WITH_CUDA
+  if (a.device().is_cuda()) return binary_cuda(op, kind, a, b, outer, inner);
+#endif
   Tensor y = Tensor::empty(a.shape(), a.dtype());
   with_float(a.dtype(), [&](auto tag) {
     using T = decltype(tag);
@@ -65,6 +150,9 @@ Tensor binary(const char* op, Binary kind, const Tensor& a, const Tensor& b) {
 
 Tensor unary(const char* op, cpu::Activation act, const Tensor& x) {
   check_float(op, "x", x);
+#ifdef CLIPCU_WITH_CUDA
+  if (x.device().is_cuda()) return unary_cuda(op, act, x);
+#endif
   Tensor y = Tensor::empty(x.shape(), x.dtype());
   with_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
@@ -94,6 +182,27 @@ Tensor mul(const Tensor& a, const Tensor& b) { return binary("mul", Binary::Mul,
 Tensor scale(const Tensor& x, double s) {
   const char* op = "scale";
   check_float(op, "x", x);
+#ifdef CLIPCU_WITH_CUDA
+  if (x.device().is_cuda()) {
+    Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+    with_cuda_float(x.dtype(), [&](auto tag) {
+      using T = decltype(tag);
+      cuda::scale_forward<T>(x.numel(), float(s), dev<T>(x), dev<T>(y), stream_of(x));
+    });
+    if (needs_grad({&x})) {
+      tape().record(op, {x}, {y}, [x, y, s]() {
+        if (!y.has_grad() || !x.requires_grad()) return;
+        const Tensor dy = y.grad();
+        Tensor gx = grad_target(x);
+        with_cuda_float(x.dtype(), [&](auto tag) {
+          using T = decltype(tag);
+          cuda::add_scaled<T>(x.numel(), float(s), dev<T>(dy), dev<T>(gx), stream_of(x));
+        });
+      });
+    }
+    return y;
+  }
+#endif
   Tensor y = Tensor::empty(x.shape(), x.dtype());
   with_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);

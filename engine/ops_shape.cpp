@@ -4,6 +4,10 @@
 // reshape returns a view of its input (storage is always contiguous, so a new shape is free);
 // every other output is a new contiguous tensor. Backward closures accumulate into the inputs'
 // gradients with the kernels of kernels/cpu/shape.h.
+//
+// CUDA tensors (F32/BF16) run kernels/cuda/shape.cuh (permute, slice/concat block copies, head
+// layouts), kernels/cuda/reduce.cuh (mean, sum_all) and the end-token gather of
+// kernels/cuda/embedding.cuh (gather_rows).
 #include <algorithm>
 #include <numeric>
 
@@ -11,6 +15,13 @@
 #include "engine/ops.h"
 #include "engine/ops_common.h"
 #include "kernels/cpu/shape.h"
+
+#ifdef CLIPCU_WITH_CUDA
+#include "kernels/cuda/elementwise.cuh"
+#include "kernels/cuda/embedding.cuh"
+#include "kernels/cuda/reduce.cuh"
+#include "kernels/cuda/shape.cuh"
+#endif
 
 namespace clipcu::ops {
 
@@ -65,6 +76,15 @@ Tensor reshape(const Tensor& x, const Shape& shape) {
   Tensor y = x.view(s);
   if (needs_grad({&x})) {
     tape().record(op, {x}, {y}, [x = x, y]() mutable {
+#ifdef CLIPCU_WITH_CUDA
+      if (x.device().is_cuda()) {
+        with_cuda_float(x.dtype(), [&](auto tag) {
+          using T = decltype(tag);
+          cuda::add_scaled<T>(x.numel(), 1.f, dev<T>(y.grad()), dev<T>(x.grad_buffer()), stream_of(x));
+        });
+        return;
+      }
+#endif
       with_float(x.dtype(), [&](auto tag) {
         using T = decltype(tag);
         cpu::accumulate<T>(x.numel(), y.grad().template data<T>(), x.grad_buffer().template data<T>());
@@ -88,6 +108,26 @@ Tensor permute(const Tensor& x, const std::vector<int>& dims) {
     inv[size_t(d[k])] = int(k);
     out_shape[k] = x.shape()[size_t(d[k])];
   }
+#ifdef CLIPCU_WITH_CUDA
+  if (x.device().is_cuda()) {
+    Tensor y = Tensor::empty(out_shape, x.dtype(), x.device());
+    with_cuda_float(x.dtype(), [&](auto tag) {
+      using T = decltype(tag);
+      cuda::permute<T>(int(nd), x.shape().data(), d.data(), dev<T>(x), dev<T>(y), false, stream_of(x));
+    });
+    if (needs_grad({&x})) {
+      tape().record(op, {x}, {y}, [x = x, y, inv]() mutable {
+        with_cuda_float(x.dtype(), [&](auto tag) {
+          using T = decltype(tag);
+          // the gradient flows back through the inverse permutation
+          cuda::permute<T>(int(y.dim()), y.shape().data(), inv.data(), dev<T>(y.grad()), dev<T>(x.grad_buffer()),
+                           true, stream_of(x));
+        });
+      });
+    }
+    return y;
+  }
+#endif
   Tensor y = Tensor::empty(out_shape, x.dtype());
   with_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
@@ -116,6 +156,26 @@ Tensor slice(const Tensor& x, int dim, int64_t start, int64_t end) {
   Split sp = split_at(x.shape(), d);
   Shape out_shape = x.shape();
   out_shape[size_t(d)] = end - start;
+#ifdef CLIPCU_WITH_CUDA
+  if (x.device().is_cuda()) {
+    Tensor y = Tensor::empty(out_shape, x.dtype(), x.device());
+    const int64_t len = end - start;
+    with_cuda_float(x.dtype(), [&](auto tag) {
+      using T = decltype(tag);
+      cuda::copy_block<T>(sp.outer, len, sp.inner, dev<T>(x), sp.D, start, dev<T>(y), len, 0, false, stream_of(x));
+    });
+    if (needs_grad({&x})) {
+      tape().record(op, {x}, {y}, [x = x, y, sp, start, len]() mutable {
+        with_cuda_float(x.dtype(), [&](auto tag) {
+          using T = decltype(tag);
+          cuda::copy_block<T>(sp.outer, len, sp.inner, dev<T>(y.grad()), len, 0, dev<T>(x.grad_buffer()), sp.D, start,
+                              true, stream_of(x));
+        });
+      });
+    }
+    return y;
+  }
+#endif
   Tensor y = Tensor::empty(out_shape, x.dtype());
   with_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
@@ -145,13 +205,15 @@ Tensor concat(const std::vector<Tensor>& xs, int dim) {
     const Tensor& x = xs[k];
     CLIPCU_CHECK(x.dtype() == x0.dtype(), "op concat: input " << k << " is " << x.str() << " but input 0 is "
                                                               << x0.str() << " (one dtype for all inputs)");
+    CLIPCU_CHECK(x.device() == x0.device(), "op concat: input " << k << " is on " << x.device().str()
+                                                                << " but input 0 is on " << x0.device().str()
+                                                                << " (all inputs of an op must be on one device)");
     bool ok = x.dim() == x0.dim();
     for (int64_t a = 0; ok && a < x0.dim(); ++a) ok = a == d || x.shape()[size_t(a)] == x0.shape()[size_t(a)];
     CLIPCU_CHECK(ok, "op concat: input " << k << " has shape " << shape_str(x.shape()) << ", input 0 has "
                                          << shape_str(x0.shape()) << " (they may differ only along dim " << dim << ")");
     out_shape[size_t(d)] += x.shape()[size_t(d)];
   }
-  Tensor y = Tensor::empty(out_shape, x0.dtype());
   const Split sp = split_at(out_shape, d);
   std::vector<int64_t> starts(xs.size());
   int64_t at = 0;
@@ -159,6 +221,37 @@ Tensor concat(const std::vector<Tensor>& xs, int dim) {
     starts[k] = at;
     at += xs[k].shape()[size_t(d)];
   }
+#ifdef CLIPCU_WITH_CUDA
+  if (x0.device().is_cuda()) {
+    Tensor y = Tensor::empty(out_shape, x0.dtype(), x0.device());
+    with_cuda_float(x0.dtype(), [&](auto tag) {
+      using T = decltype(tag);
+      for (size_t k = 0; k < xs.size(); ++k) {
+        const int64_t len = xs[k].shape()[size_t(d)];
+        cuda::copy_block<T>(sp.outer, len, sp.inner, dev<T>(xs[k]), len, 0, dev<T>(y), sp.D, starts[k], false,
+                            stream_of(x0));
+      }
+    });
+    bool any_grad = false;
+    for (const Tensor& x : xs) any_grad = any_grad || needs_grad({&x});
+    if (any_grad) {
+      tape().record(op, xs, {y}, [xs = xs, y, sp, starts, d]() mutable {
+        with_cuda_float(y.dtype(), [&](auto tag) {
+          using T = decltype(tag);
+          const T* gy = dev<T>(y.grad());
+          for (size_t k = 0; k < xs.size(); ++k) {
+            if (!xs[k].requires_grad()) continue;
+            const int64_t len = xs[k].shape()[size_t(d)];
+            cuda::copy_block<T>(sp.outer, len, sp.inner, gy, sp.D, starts[k], dev<T>(xs[k].grad_buffer()), len, 0,
+                                true, stream_of(y));
+          }
+        });
+      });
+    }
+    return y;
+  }
+#endif
+  Tensor y = Tensor::empty(out_shape, x0.dtype());
   with_float(x0.dtype(), [&](auto tag) {
     using T = decltype(tag);
     for (size_t k = 0; k < xs.size(); ++k)
@@ -193,6 +286,41 @@ Tensor gather_rows(const Tensor& x, const Tensor& index) {
   CLIPCU_CHECK(index.dim() == 1 && index.size(0) == B, "op gather_rows: argument 'index' has shape "
                                                            << shape_str(index.shape()) << ", expected [" << B
                                                            << "] for 'x' " << shape_str(x.shape()));
+  check_same_device(op, "index", index, "x", x);
+#ifdef CLIPCU_WITH_CUDA
+  if (x.device().is_cuda()) {
+    // The kernel cannot throw: validate the B indices on the host first (a small synchronous
+    // copy; an out-of-range index must be an error, not a silent zero row).
+    {
+      const std::vector<int64_t> host = index.to_i64_vector();
+      cpu::check_row_indices<int64_t>(op, B, Tn, host.data());
+    }
+    Tensor y = Tensor::empty({B, C}, x.dtype(), x.device());
+    with_cuda_float(x.dtype(), [&](auto tag) {
+      using T = decltype(tag);
+      with_index(index.dtype(), [&](auto itag) {
+        using I = decltype(itag);
+        if (B > 0 && C > 0)
+          cuda::gather_rows_forward<T, I>(B, Tn, C, dev<T>(x), dev_index<I>(index), dev<T>(y), nullptr,
+                                          stream_of(x));
+      });
+    });
+    if (needs_grad({&x})) {
+      tape().record(op, {x, index}, {y}, [x = x, index = index, y, B, Tn, C]() mutable {
+        if (B == 0 || C == 0) return;
+        with_cuda_float(x.dtype(), [&](auto tag) {
+          using T = decltype(tag);
+          with_index(index.dtype(), [&](auto itag) {
+            using I = decltype(itag);
+            cuda::gather_rows_backward<T, I>(B, Tn, C, dev_index<I>(index), dev<T>(y.grad()), dev<T>(x.grad_buffer()),
+                                             nullptr, stream_of(x));
+          });
+        });
+      });
+    }
+    return y;
+  }
+#endif
   Tensor y = Tensor::empty({B, C}, x.dtype());
   with_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
@@ -228,6 +356,24 @@ Tensor mean(const Tensor& x, int dim, bool keepdim) {
   } else {
     out_shape.erase(out_shape.begin() + d);
   }
+#ifdef CLIPCU_WITH_CUDA
+  if (x.device().is_cuda()) {
+    Tensor y = Tensor::empty(out_shape, x.dtype(), x.device());
+    with_cuda_float(x.dtype(), [&](auto tag) {
+      using T = decltype(tag);
+      cuda::mean_forward<T>(sp.outer, sp.D, sp.inner, dev<T>(x), dev<T>(y), stream_of(x));
+    });
+    if (needs_grad({&x})) {
+      tape().record(op, {x}, {y}, [x = x, y, sp]() mutable {
+        with_cuda_float(x.dtype(), [&](auto tag) {
+          using T = decltype(tag);
+          cuda::mean_backward<T>(sp.outer, sp.D, sp.inner, dev<T>(y.grad()), dev<T>(x.grad_buffer()), stream_of(x));
+        });
+      });
+    }
+    return y;
+  }
+#endif
   Tensor y = Tensor::empty(out_shape, x.dtype());
   with_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
@@ -248,6 +394,26 @@ Tensor mean(const Tensor& x, int dim, bool keepdim) {
 Tensor sum_all(const Tensor& x) {
   const char* op = "sum_all";
   check_float(op, "x", x);
+#ifdef CLIPCU_WITH_CUDA
+  if (x.device().is_cuda()) {
+    Tensor y = Tensor::empty({1}, x.dtype(), x.device());
+    Tensor ws = scratch_floats(x, cuda::sum_all_workspace_floats(x.numel()));
+    with_cuda_float(x.dtype(), [&](auto tag) {
+      using T = decltype(tag);
+      cuda::sum_all_forward<T>(x.numel(), dev<T>(x), dev<T>(y), ws.data<float>(), stream_of(x));
+    });
+    if (needs_grad({&x})) {
+      tape().record(op, {x}, {y}, [x = x, y]() mutable {
+        with_cuda_float(x.dtype(), [&](auto tag) {
+          using T = decltype(tag);
+          // the incoming gradient stays on the device: no host round trip
+          cuda::sum_all_backward<T>(x.numel(), dev<T>(y.grad()), dev<T>(x.grad_buffer()), stream_of(x));
+        });
+      });
+    }
+    return y;
+  }
+#endif
   Tensor y = Tensor::empty({1}, x.dtype());
   with_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
@@ -273,6 +439,28 @@ std::vector<Tensor> split_qkv_heads(const Tensor& qkv, int64_t H) {
                "op split_qkv_heads: argument 'qkv' has shape " << shape_str(qkv.shape())
                                                                << ", whose last dim is not 3*H*D for H = " << H);
   const int64_t B = qkv.size(0), Tn = qkv.size(1), D = qkv.size(2) / (3 * H);
+#ifdef CLIPCU_WITH_CUDA
+  if (qkv.device().is_cuda()) {
+    const Shape hs = {B, H, Tn, D};
+    Tensor q = Tensor::empty(hs, qkv.dtype(), qkv.device()), k = Tensor::empty(hs, qkv.dtype(), qkv.device()),
+           v = Tensor::empty(hs, qkv.dtype(), qkv.device());
+    with_cuda_float(qkv.dtype(), [&](auto tag) {
+      using T = decltype(tag);
+      cuda::split_qkv_heads_forward<T>(B, Tn, H, D, dev<T>(qkv), dev<T>(q), dev<T>(k), dev<T>(v), stream_of(qkv));
+    });
+    if (needs_grad({&qkv})) {
+      tape().record(op, {qkv}, {q, k, v}, [qkv = qkv, q, k, v, B, Tn, H, D]() mutable {
+        with_cuda_float(qkv.dtype(), [&](auto tag) {
+          using T = decltype(tag);
+          auto grad_or_null = [](const Tensor& t) { return t.has_grad() ? dev<T>(t.grad()) : nullptr; };
+          cuda::split_qkv_heads_backward<T>(B, Tn, H, D, grad_or_null(q), grad_or_null(k), grad_or_null(v),
+                                            dev<T>(qkv.grad_buffer()), stream_of(qkv));
+        });
+      });
+    }
+    return {q, k, v};
+  }
+#endif
   Tensor q = Tensor::empty({B, H, Tn, D}, qkv.dtype()), k = Tensor::empty({B, H, Tn, D}, qkv.dtype()),
          v = Tensor::empty({B, H, Tn, D}, qkv.dtype());
   with_float(qkv.dtype(), [&](auto tag) {
@@ -298,6 +486,24 @@ Tensor merge_heads(const Tensor& x) {
   CLIPCU_CHECK(x.dim() == 4,
                "op merge_heads: argument 'x' has shape " << shape_str(x.shape()) << ", expected [B, H, T, D]");
   const int64_t B = x.size(0), H = x.size(1), Tn = x.size(2), D = x.size(3);
+#ifdef CLIPCU_WITH_CUDA
+  if (x.device().is_cuda()) {
+    Tensor y = Tensor::empty({B, Tn, H * D}, x.dtype(), x.device());
+    with_cuda_float(x.dtype(), [&](auto tag) {
+      using T = decltype(tag);
+      cuda::merge_heads_forward<T>(B, H, Tn, D, dev<T>(x), dev<T>(y), stream_of(x));
+    });
+    if (needs_grad({&x})) {
+      tape().record(op, {x}, {y}, [x = x, y, B, H, Tn, D]() mutable {
+        with_cuda_float(x.dtype(), [&](auto tag) {
+          using T = decltype(tag);
+          cuda::merge_heads_backward<T>(B, H, Tn, D, dev<T>(y.grad()), dev<T>(x.grad_buffer()), stream_of(x));
+        });
+      });
+    }
+    return y;
+  }
+#endif
   Tensor y = Tensor::empty({B, Tn, H * D}, x.dtype());
   with_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);

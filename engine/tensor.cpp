@@ -6,6 +6,11 @@
 
 #include "engine/rng.h"
 
+#ifdef CLIPCU_WITH_CUDA
+#include "engine/cuda_runtime.h"
+#include "kernels/cuda/elementwise.cuh"
+#endif
+
 namespace clipcu {
 
 std::string shape_str(const Shape& s) {
@@ -138,7 +143,22 @@ Tensor Tensor::to(DType dtype) const {
     convert_host(t.raw(), dtype, raw(), dtype_, size_t(numel()));
     return t;
   }
-  // device tensors convert through the host until the CUDA backend provides a kernel
+#ifdef CLIPCU_WITH_CUDA
+  // float32 <-> bf16 on the device (the mixed-precision casts); other pairs go through the host
+  if (device().is_cuda() && ((dtype_ == DType::F32 && dtype == DType::BF16) ||
+                             (dtype_ == DType::BF16 && dtype == DType::F32))) {
+    Tensor t = empty(shape_, dtype, device());
+    cudaStream_t stream = cuda::current_stream(device().index);
+    if (dtype == DType::BF16) {
+      cuda::convert<cuda::bf16, float>(numel(), static_cast<const float*>(raw()), static_cast<cuda::bf16*>(t.raw()),
+                                       stream);
+    } else {
+      cuda::convert<float, cuda::bf16>(numel(), static_cast<const cuda::bf16*>(raw()), static_cast<float*>(t.raw()),
+                                       stream);
+    }
+    return t;
+  }
+#endif
   return to(Device::cpu()).to(dtype).to(device());
 }
 
@@ -204,7 +224,7 @@ void Tensor::copy_from(const Tensor& src) {
   CLIPCU_CHECK(defined() && src.defined(), "copy_from with an undefined tensor");
   CLIPCU_CHECK(shape_ == src.shape_, "copy_from: shape " << src.str() << " into " << str());
   Tensor s = src;
-  if (s.dtype_ != dtype_) s = s.to(Device::cpu()).to(dtype_);
+  if (s.dtype_ != dtype_) s = s.device() == device() ? s.to(dtype_) : s.to(Device::cpu()).to(dtype_);
   device_copy(raw(), device(), s.raw(), s.device(), nbytes());
 }
 
@@ -214,6 +234,17 @@ void Tensor::fill(double value) {
     zero();
     return;
   }
+#ifdef CLIPCU_WITH_CUDA
+  if (device().is_cuda() && (dtype_ == DType::F32 || dtype_ == DType::BF16)) {
+    cudaStream_t stream = cuda::current_stream(device().index);
+    if (dtype_ == DType::F32) {
+      cuda::fill<float>(numel(), float(value), static_cast<float*>(raw()), stream);
+    } else {
+      cuda::fill<cuda::bf16>(numel(), float(value), static_cast<cuda::bf16*>(raw()), stream);
+    }
+    return;
+  }
+#endif
   std::vector<double> v(size_t(numel()), value);
   if (device().is_cpu()) {
     convert_host(raw(), dtype_, v.data(), DType::F64, v.size());

@@ -84,7 +84,8 @@ class Tensor {
   const void* raw() const { return static_cast<const char*>(storage_->data) + offset_; }
 
   // ---- copies and views
-  Tensor to(DType dtype) const;    // a copy converted (same object when the type already matches)
+  Tensor to(DType dtype) const;    // a copy converted (same object when the type already matches);
+                                   // F32 <-> BF16 on a CUDA device runs a conversion kernel
   Tensor to(Device device) const;  // a copy on another device (same object when already there)
   Tensor clone() const;            // a deep copy with no autograd history
   Tensor view(const Shape& shape) const;  // same storage, new shape (one -1 allowed); no autograd
