@@ -3,8 +3,18 @@
 // CPU twins compute; backward closures accumulate into the grad buffers of the inputs that
 // require a gradient (the kernels' backward functions accumulate, so no temporaries).
 // conv2d runs ConvVariant::Auto (im2col + cpu::gemm); the Direct variant is the tests' oracle.
+//
+// CUDA tensors (F32 or BF16, every tensor argument on the same GPU) run the kernels of
+// kernels/cuda/conv.cuh and kernels/cuda/batchnorm.cuh on the current stream, with their scratch
+// from the caching allocator. conv2d's kernel: $CLIPCU_CONV_KERNEL (simple, tensorcore or
+// cudnn) when set, else simple for F32 (float32 accuracy: the GPU goldens) and tensorcore for
+// BF16. batch_norm2d on the GPU keeps mean / rstd in float; its weight, bias and running
+// statistics may be F32 or the dtype of x (float32 master parameters under bf16 activations).
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <initializer_list>
+#include <type_traits>
 #include <utility>
 
 #include "engine/autograd.h"
@@ -14,6 +24,12 @@
 #include "kernels/cpu/conv2d.h"
 #include "kernels/cpu/pool.h"
 
+#ifdef CLIPCU_WITH_CUDA
+#include "engine/cuda_runtime.h"
+#include "kernels/cuda/batchnorm.cuh"
+#include "kernels/cuda/conv.cuh"
+#endif
+
 namespace clipcu::ops {
 
 using namespace detail;
@@ -22,14 +38,11 @@ namespace {
 
 using NamedArg = std::pair<const char*, const Tensor*>;
 
-// Every defined argument: on the CPU (CUDA throws until that backend exists), F32 or F64, and the
-// same type as the first.
+// CPU arguments: every defined one F32 or F64, and the same type as the first.
 void check_float_args(const char* op, std::initializer_list<NamedArg> args) {
   const Tensor* first = nullptr;
   for (const auto& [name, t] : args) {
     if (!t->defined()) continue;
-    CLIPCU_CHECK(!t->device().is_cuda(),
-                 "op " << op << ": CUDA path not built yet (argument '" << name << "' " << t->str() << ")");
     CLIPCU_CHECK(t->dtype() == DType::F32 || t->dtype() == DType::F64,
                  "op " << op << ": argument '" << name << "' is " << t->str() << ", expected F32 or F64");
     if (!first) {
@@ -52,13 +65,237 @@ T* grad_ptr_if(Tensor& t) {
   return t.defined() && t.requires_grad() ? t.grad_buffer().data<T>() : nullptr;
 }
 
+// True when the op runs on the GPU: any defined argument on a CUDA device. Every defined argument
+// must then be on that same device, with a dtype allowed by the GPU kernels (checked by the op).
+bool on_cuda(const char* op, std::initializer_list<NamedArg> args) {
+  const Tensor* first_cuda = nullptr;
+  const char* first_name = nullptr;
+  for (const auto& [name, t] : args) {
+    if (t->defined() && t->device().is_cuda()) {
+      first_cuda = t;
+      first_name = name;
+      break;
+    }
+  }
+  if (!first_cuda) return false;
+  for (const auto& [name, t] : args) {
+    if (!t->defined()) continue;
+    CLIPCU_CHECK(t->device() == first_cuda->device(), "op " << op << ": argument '" << name << "' is " << t->str()
+                                                             << " but '" << first_name << "' is "
+                                                             << first_cuda->str() << " (one device per op)");
+  }
+#ifndef CLIPCU_WITH_CUDA
+  CLIPCU_FAIL("op " << op << ": this build has no CUDA backend (argument '" << first_name << "' "
+                    << first_cuda->str() << ")");
+#endif
+  return true;
+}
+
+// GPU arguments: F32 or BF16, and every one of `args` with the dtype of the first.
+void check_gpu_dtypes(const char* op, std::initializer_list<NamedArg> args) {
+  const Tensor* first = nullptr;
+  for (const auto& [name, t] : args) {
+    if (!t->defined()) continue;
+    CLIPCU_CHECK(t->dtype() == DType::F32 || t->dtype() == DType::BF16,
+                 "op " << op << ": argument '" << name << "' is " << t->str() << ", expected F32 or BF16 on the GPU");
+    if (!first) {
+      first = t;
+    } else {
+      CLIPCU_CHECK(t->dtype() == first->dtype(), "op " << op << ": argument '" << name << "' is " << t->str()
+                                                       << " but '" << args.begin()->first << "' is " << first->str()
+                                                       << " (one floating type per op)");
+    }
+  }
+}
+
+#ifdef CLIPCU_WITH_CUDA
+// Typed device pointers (bf16 tensors hold uint16_t on the host side of the API).
+template <class T>
+T* dev_ptr(Tensor& t) {
+  if constexpr (std::is_same_v<T, cuda::bf16>) {
+    return reinterpret_cast<cuda::bf16*>(t.data<uint16_t>());
+  } else {
+    return t.data<T>();
+  }
+}
+template <class T>
+const T* dev_ptr_or_null(const Tensor& t) {
+  return t.defined() ? dev_ptr<T>(const_cast<Tensor&>(t)) : nullptr;
+}
+template <class T>
+T* dev_grad_if(Tensor& t) {
+  return t.defined() && t.requires_grad() ? dev_ptr<T>(t.grad_buffer()) : nullptr;
+}
+
+// Calls f(T{}) with T = float or cuda::bf16 for a (checked) GPU dtype.
+template <class F>
+void with_gpu_float(DType t, F&& f) {
+  if (t == DType::F32) {
+    f(float{});
+  } else {
+    f(cuda::bf16{});
+  }
+}
+
+// Device scratch from the caching allocator (freed in stream order when the tensor dies).
+Tensor scratch(size_t bytes, Device d) { return Tensor::empty({int64_t(std::max<size_t>(bytes, 1))}, DType::U8, d); }
+
+cuda::ConvKernel conv_kernel_for(DType dt) {
+  if (const char* env = std::getenv("CLIPCU_CONV_KERNEL"); env && *env) return cuda::parse_conv_kernel(env);
+  return dt == DType::F32 ? cuda::ConvKernel::Simple : cuda::ConvKernel::TensorCore;
+}
+
+cuda::ConvShape gpu_conv_shape(const cpu::Conv2dDims& d, DType dt, Device dev) {
+  cuda::ConvShape s = cuda::conv_shape(d.N, d.Cin, d.H, d.W, d.Cout, d.KH, d.KW, d.stride, d.padding, conv_kernel_for(dt));
+  if (s.kernel == cuda::ConvKernel::Cudnn) {
+#ifdef CLIPCU_WITH_CUDNN
+    s.cudnn = cuda::cudnn_handle(dev.index);
+#else
+    CLIPCU_FAIL("op conv2d: CLIPCU_CONV_KERNEL=cudnn but this build has no cuDNN");
+#endif
+  }
+  (void)dev;
+  return s;
+}
+#endif
+
 }  // namespace
+
+#ifdef CLIPCU_WITH_CUDA
+namespace {
+
+// ---------------------------------------------------------------- GPU paths
+Tensor conv2d_gpu(const Tensor& x, const Tensor& weight, const Tensor& bias, const cpu::Conv2dDims& d) {
+  const Device dev = x.device();
+  const cuda::ConvShape s = gpu_conv_shape(d, x.dtype(), dev);
+  Tensor y = Tensor::empty({d.N, d.Cout, d.OH, d.OW}, x.dtype(), dev);
+  with_gpu_float(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    Tensor ws = scratch(cuda::conv2d_workspace_bytes<T>(s, cuda::ConvPass::Forward), dev);
+    cuda::ConvArgs<T> a;
+    a.x = dev_ptr_or_null<T>(x), a.w = dev_ptr_or_null<T>(weight), a.bias = dev_ptr_or_null<T>(bias);
+    a.y = dev_ptr<T>(y);
+    a.workspace = ws.raw(), a.workspace_bytes = ws.nbytes();
+    cuda::conv2d_forward<T>(s, a, cuda::current_stream(dev.index));
+  });
+  if (needs_grad({&x, &weight, &bias})) {
+    tape().record("conv2d", {x, weight, bias}, {y}, [x = x, weight = weight, bias = bias, y, s, dev]() mutable {
+      with_gpu_float(x.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        cudaStream_t stream = cuda::current_stream(dev.index);
+        Tensor dy_t = y.grad();
+        cuda::ConvArgs<T> a;
+        a.x = dev_ptr_or_null<T>(x), a.w = dev_ptr_or_null<T>(weight), a.dy = dev_ptr<T>(dy_t);
+        if (x.requires_grad()) {
+          Tensor ws = scratch(cuda::conv2d_workspace_bytes<T>(s, cuda::ConvPass::BackwardData), dev);
+          a.dx = dev_grad_if<T>(x);
+          a.workspace = ws.raw(), a.workspace_bytes = ws.nbytes();
+          cuda::conv2d_backward_data<T>(s, a, stream);
+        }
+        a.dx = nullptr;
+        a.dw = dev_grad_if<T>(weight);
+        a.dbias = dev_grad_if<T>(bias);
+        if (a.dw || a.dbias) {
+          Tensor ws = scratch(a.dw ? cuda::conv2d_workspace_bytes<T>(s, cuda::ConvPass::BackwardFilter) : 0, dev);
+          a.workspace = ws.raw(), a.workspace_bytes = ws.nbytes();
+          cuda::conv2d_backward_filter<T>(s, a, stream);
+        }
+      });
+    });
+  }
+  return y;
+}
+
+// Calls f(T{}, P{}): T the activations' type, P the parameters' (float, or T).
+template <class F>
+void with_bn_types(DType xt, DType pt, F&& f) {
+  if (xt == DType::F32) {
+    f(float{}, float{});
+  } else if (pt == DType::F32) {
+    f(cuda::bf16{}, float{});
+  } else {
+    f(cuda::bf16{}, cuda::bf16{});
+  }
+}
+
+Tensor batch_norm2d_gpu(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor running_mean,
+                        Tensor running_var, bool training, double momentum, double eps, DType pt, bool relu) {
+  const Device dev = x.device();
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), dev);
+  Tensor mean = Tensor::empty({C}, DType::F32, dev);  // saved for backward (float on the GPU)
+  Tensor rstd = Tensor::empty({C}, DType::F32, dev);
+  with_bn_types(x.dtype(), pt, [&](auto ttag, auto ptag) {
+    using T = decltype(ttag);
+    using P = decltype(ptag);
+    Tensor ws = scratch(cuda::batchnorm2d_workspace_bytes(N, C), dev);
+    cuda::BatchNormArgs<T, P> a;
+    a.N = N, a.C = C, a.HW = HW, a.training = training, a.relu = relu, a.eps = float(eps);
+    a.momentum = float(momentum);
+    a.x = dev_ptr_or_null<T>(x), a.weight = dev_ptr_or_null<P>(weight), a.bias = dev_ptr_or_null<P>(bias);
+    a.running_mean = running_mean.defined() ? dev_ptr<P>(running_mean) : nullptr;
+    a.running_var = running_var.defined() ? dev_ptr<P>(running_var) : nullptr;
+    a.y = dev_ptr<T>(y), a.mean = mean.data<float>(), a.rstd = rstd.data<float>();
+    a.workspace = ws.raw();
+    cuda::batchnorm2d_forward<T, P>(a, cuda::current_stream(dev.index));
+  });
+  if (needs_grad({&x, &weight, &bias})) {
+    tape().record(relu ? "batch_norm2d_relu" : "batch_norm2d", {x, weight, bias}, {y},
+                  [x = x, weight = weight, bias = bias, y, mean, rstd, training, relu, N, C, HW, pt, dev]() mutable {
+                    with_bn_types(x.dtype(), pt, [&](auto ttag, auto ptag) {
+                      using T = decltype(ttag);
+                      using P = decltype(ptag);
+                      Tensor ws = scratch(cuda::batchnorm2d_workspace_bytes(N, C), dev);
+                      Tensor dy_t = y.grad();
+                      cuda::BatchNormArgs<T, P> a;
+                      a.N = N, a.C = C, a.HW = HW, a.training = training, a.relu = relu;
+                      a.y = dev_ptr<T>(y);  // the ReLU mask
+                      a.x = dev_ptr_or_null<T>(x), a.weight = dev_ptr_or_null<P>(weight);
+                      a.mean = mean.data<float>(), a.rstd = rstd.data<float>();
+                      a.dy = dev_ptr<T>(dy_t), a.dx = dev_grad_if<T>(x);
+                      a.dweight = dev_grad_if<P>(weight), a.dbias = dev_grad_if<P>(bias);
+                      a.workspace = ws.raw();
+                      cuda::batchnorm2d_backward<T, P>(a, cuda::current_stream(dev.index));
+                    });
+                  });
+  }
+  return y;
+}
+
+Tensor avg_pool2d_gpu(const Tensor& x, int k) {
+  const Device dev = x.device();
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  Tensor y = Tensor::empty({N, C, H / k, W / k}, x.dtype(), dev);
+  with_gpu_float(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    cuda::avgpool2d_forward<T>(N * C, H, W, k, dev_ptr_or_null<T>(x), dev_ptr<T>(y), cuda::current_stream(dev.index));
+  });
+  if (needs_grad({&x})) {
+    tape().record("avg_pool2d", {x}, {y}, [x = x, y, N, C, H, W, k, dev]() mutable {
+      with_gpu_float(x.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        Tensor dy_t = y.grad();
+        cuda::avgpool2d_backward<T>(N * C, H, W, k, dev_ptr<T>(dy_t), dev_ptr<T>(x.grad_buffer()),
+                                    cuda::current_stream(dev.index));
+      });
+    });
+  }
+  return y;
+}
+
+}  // namespace
+#endif  // CLIPCU_WITH_CUDA
 
 // ---------------------------------------------------------------- conv2d
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int stride, int padding) {
   CLIPCU_CHECK(x.defined(), "op conv2d: argument 'x' is undefined");
   CLIPCU_CHECK(weight.defined(), "op conv2d: argument 'weight' is undefined");
-  check_float_args("conv2d", {{"x", &x}, {"weight", &weight}, {"bias", &bias}});
+  const bool gpu = on_cuda("conv2d", {{"x", &x}, {"weight", &weight}, {"bias", &bias}});
+  if (gpu) {
+    check_gpu_dtypes("conv2d", {{"x", &x}, {"weight", &weight}, {"bias", &bias}});
+  } else {
+    check_float_args("conv2d", {{"x", &x}, {"weight", &weight}, {"bias", &bias}});
+  }
   CLIPCU_CHECK(x.dim() == 4,
                "op conv2d: argument 'x' has shape " << shape_str(x.shape()) << ", expected [N, Cin, H, W]");
   CLIPCU_CHECK(weight.dim() == 4 && weight.size(0) > 0 && weight.size(2) > 0 && weight.size(3) > 0,
@@ -79,6 +316,9 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int str
                                     << " is larger than the input x " << shape_str(x.shape()) << " padded by "
                                     << padding);
   const cpu::Conv2dDims d = cpu::conv2d_dims(N, Cin, H, W, Cout, KH, KW, stride, padding);
+#ifdef CLIPCU_WITH_CUDA
+  if (gpu) return conv2d_gpu(x, weight, bias, d);
+#endif
   Tensor y = Tensor::empty({N, Cout, d.OH, d.OW}, x.dtype());
   with_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
@@ -101,14 +341,37 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int str
 }
 
 // ---------------------------------------------------------------- batch_norm2d
-Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor running_mean, Tensor running_var,
-                    bool training, double momentum, double eps) {
+namespace {
+Tensor batch_norm2d_impl(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor running_mean,
+                         Tensor running_var, bool training, double momentum, double eps, bool relu) {
   CLIPCU_CHECK(x.defined(), "op batch_norm2d: argument 'x' is undefined");
-  check_float_args("batch_norm2d", {{"x", &x},
-                                    {"weight", &weight},
-                                    {"bias", &bias},
-                                    {"running_mean", &running_mean},
-                                    {"running_var", &running_var}});
+  const bool gpu = on_cuda("batch_norm2d", {{"x", &x},
+                                            {"weight", &weight},
+                                            {"bias", &bias},
+                                            {"running_mean", &running_mean},
+                                            {"running_var", &running_var}});
+  DType param_type = x.dtype();  // GPU: the dtype of weight, bias and the running statistics
+  if (gpu) {
+    check_gpu_dtypes("batch_norm2d", {{"x", &x}});
+    check_gpu_dtypes("batch_norm2d", {{"weight", &weight},
+                                      {"bias", &bias},
+                                      {"running_mean", &running_mean},
+                                      {"running_var", &running_var}});
+    for (const Tensor* p : std::initializer_list<const Tensor*>{&weight, &bias, &running_mean, &running_var}) {
+      if (!p->defined()) continue;
+      param_type = p->dtype();
+      CLIPCU_CHECK(param_type == DType::F32 || param_type == x.dtype(),
+                   "op batch_norm2d: parameters are " << p->str() << " for x " << x.str()
+                                                      << " (expected F32 or the dtype of x)");
+      break;
+    }
+  } else {
+    check_float_args("batch_norm2d", {{"x", &x},
+                                      {"weight", &weight},
+                                      {"bias", &bias},
+                                      {"running_mean", &running_mean},
+                                      {"running_var", &running_var}});
+  }
   CLIPCU_CHECK(x.dim() == 4,
                "op batch_norm2d: argument 'x' has shape " << shape_str(x.shape()) << ", expected [N, C, H, W]");
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
@@ -127,6 +390,11 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, T
   } else {
     CLIPCU_CHECK(running_mean.defined(), "op batch_norm2d: inference mode needs running_mean and running_var");
   }
+#ifdef CLIPCU_WITH_CUDA
+  if (gpu) return batch_norm2d_gpu(x, weight, bias, running_mean, running_var, training, momentum, eps, param_type, relu);
+#endif
+  (void)param_type;
+  if (relu) return ops::relu(batch_norm2d_impl(x, weight, bias, running_mean, running_var, training, momentum, eps, false));
   Tensor y = Tensor::empty(x.shape(), x.dtype());
   Tensor mean = Tensor::empty({C}, x.dtype());  // saved for backward
   Tensor rstd = Tensor::empty({C}, x.dtype());
@@ -158,16 +426,38 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, T
   return y;
 }
 
+}  // namespace
+
+Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor running_mean, Tensor running_var,
+                    bool training, double momentum, double eps) {
+  return batch_norm2d_impl(x, weight, bias, std::move(running_mean), std::move(running_var), training, momentum, eps,
+                           false);
+}
+
+Tensor batch_norm2d_relu(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor running_mean,
+                         Tensor running_var, bool training, double momentum, double eps) {
+  return batch_norm2d_impl(x, weight, bias, std::move(running_mean), std::move(running_var), training, momentum, eps,
+                           true);
+}
+
 // ---------------------------------------------------------------- avg_pool2d
 Tensor avg_pool2d(const Tensor& x, int k) {
   CLIPCU_CHECK(x.defined(), "op avg_pool2d: argument 'x' is undefined");
-  check_float_args("avg_pool2d", {{"x", &x}});
+  const bool gpu = on_cuda("avg_pool2d", {{"x", &x}});
+  if (gpu) {
+    check_gpu_dtypes("avg_pool2d", {{"x", &x}});
+  } else {
+    check_float_args("avg_pool2d", {{"x", &x}});
+  }
   CLIPCU_CHECK(x.dim() == 4,
                "op avg_pool2d: argument 'x' has shape " << shape_str(x.shape()) << ", expected [N, C, H, W]");
   CLIPCU_CHECK(k >= 1, "op avg_pool2d: kernel size " << k << " must be >= 1");
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   CLIPCU_CHECK(H >= k && W >= k,
                "op avg_pool2d: kernel " << k << "x" << k << " is larger than the input x " << shape_str(x.shape()));
+#ifdef CLIPCU_WITH_CUDA
+  if (gpu) return avg_pool2d_gpu(x, k);
+#endif
   Tensor y = Tensor::empty({N, C, H / k, W / k}, x.dtype());
   with_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
