@@ -1,7 +1,7 @@
 // CUDA fused attention, forward and backward (see attention.cuh for the math and the contract).
 //
-// Tiled (the fast variant). 128-thread blocks seen as 8 row groups x 16 column threads
-// (common/tile.cuh); a block tile has 32 rows, a thread owns 4 rows and, of a 32-wide tile, the
+// Tiled (the SIMT variant, any storage type). 128-thread blocks seen as 8 row groups x 16
+// column threads (common/tile.cuh); a block tile has 32 rows, a thread owns 4 rows and, of a 32-wide tile, the
 // columns tx and tx + 16 (of a D-wide tile, tx + 16 c for c < kD / 16). Everything is float
 // in shared memory and registers, whatever the storage type.
 //   Forward, block = 32 query rows of one (b, h): Q (pre-scaled by 1/sqrt(D)) stays in shared
@@ -20,12 +20,28 @@
 // Simple (the reference): one warp per query row (forward, dQ) or key row (dK, dV); lanes hold
 // d = lane + 32 c of the row; every score is a warp reduction; the forward is the same online
 // softmax one key at a time.
+// TensorCore (bf16 storage; float storage runs Tiled): mma.sync m16n8k16, bf16 operands, float
+// accumulators; shared-memory tiles are bf16 rows padded by 16 bytes (conflict-free ldmatrix),
+// filled by cp.async when D % 8 == 0 and the pointers are 16-byte aligned (else plain loads).
+// A warp owns 16 rows; softmax statistics live in the four lanes of a quad that share a row;
+// P and dS go from accumulator registers straight into A fragments (the C layout of a 16 x 16
+// pair is the A layout), so they never touch shared memory except dS for dQ.
+//   Forward, block = up to 8 warps (128 queries) of one (b, h): key tiles of 64 in shared
+//   memory, S = Q K^T, online softmax in base 2 (exp2, scale * log2 e folded in), O += P V.
+//   Backward, block = up to 8 warps (128 keys) of one (b, h), K and V resident: for each tile of
+//   32 queries (64 for D <= 32, 16 for D > 64) it computes Delta = rowsum(dO o O), S^T = K Q^T,
+//   dP^T = V dO^T, P^T = exp2(S^T - lse), dS^T = P^T (dP^T - Delta), dV += P^T dO, dK += dS^T Q.
+//   When the block holds every key of its head (Tk <= 128: the CLIP shapes) it also writes dS^T
+//   to shared memory and computes the tile's dQ = dS K, so the backward is one kernel and every
+//   gradient element has one owner. Longer heads: Delta into the workspace and a dQ kernel (query blocks of 64,
+//   key tiles streamed like the forward). No atomics anywhere: deterministic.
 // Masked or out-of-range scores are -inf in the forward (rows of padding are computed but never
 // stored) and give P = 0 in the backward.
 #include "kernels/cuda/attention.cuh"
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "kernels/cuda/common/check.h"
 #include "kernels/cuda/common/device.cuh"
@@ -37,6 +53,7 @@ const char* attention_kernel_name(AttentionKernel k) {
   switch (k) {
     case AttentionKernel::Simple: return "simple";
     case AttentionKernel::Tiled: return "tiled";
+    case AttentionKernel::TensorCore: return "tensorcore";
   }
   return "?";
 }
@@ -448,6 +465,556 @@ __global__ void __launch_bounds__(128) attn_bwd_dkdv_simple(const AttentionArgs<
   }
 }
 
+// ---------------------------------------------------------------- tensor-core primitives
+// mma.sync m16n8k16 (bf16 in, float accumulate), ldmatrix and cp.async: sm_80 and later.
+// Fragment layout (PTX ISA), g = lane / 4, t = lane % 4, pairs hold the lower column in the low
+// half: A (16 x 16) {(g, 2t..2t+1)}, {(g+8, 2t..)}, {(g, 2t+8..)}, {(g+8, 2t+8..)};
+// B (16 x 8) {(2t..2t+1, g)}, {(2t+8.., g)}; C (16 x 8) (g, 2t), (g, 2t+1), (g+8, 2t), (g+8, 2t+1).
+__device__ __forceinline__ void tc_mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+// Four 8 x 8 bf16 matrices; lanes 8 i .. 8 i + 7 give the row addresses of matrix i (16-byte
+// aligned rows). r[i] of lane l: matrix i's (l / 4, 2 (l % 4) ..+1), or with .trans its
+// (2 (l % 4) ..+1, l / 4). "memory": no shared-memory store may move across it.
+__device__ __forceinline__ void tc_ldsm(uint32_t (&r)[4], const bf16* p) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s)
+               : "memory");
+}
+__device__ __forceinline__ void tc_ldsm_t(uint32_t (&r)[4], const bf16* p) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s)
+               : "memory");
+}
+// 16 bytes global -> shared without registers; src_bytes 0 fills zeros.
+__device__ __forceinline__ void tc_cp_async16(bf16* smem, const bf16* gmem, int src_bytes) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes) : "memory");
+}
+// Waits for all of this thread's cp.async copies (a __syncthreads must follow for the others').
+__device__ __forceinline__ void tc_cp_async_wait_all() {
+  asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
+}
+
+// ---------------------------------------------------------------- tensor-core kernels (bf16)
+constexpr int kTcMaxWarps = 8;  // a block owns at most 8 x 16 rows (queries or keys)
+constexpr int kTcKeyTile = 64;  // keys per shared-memory tile of the forward
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+struct TcDims {
+  int64_t BH = 0, Tq = 0, Tk = 0;
+  int D = 0;
+  bool causal = false;
+  bool vec = false;        // D % 8 == 0 and every pointer 16-byte aligned: rows move in 16-byte chunks
+  bool fuse_dq = false;    // backward: the key-block kernel also owns dQ (one key block per head)
+  float scale = 1.f;       // 1 / sqrt(D)
+  float scale_log2 = 1.f;  // scale * log2(e): the softmax runs in base 2 (exp2)
+  int64_t blocks = 0;      // blocks per (b, h)
+};
+
+// Shared-memory rows of kD bf16 plus 16 bytes: the 8 rows of an ldmatrix fall in 8 different
+// 16-byte bank groups (row stride = 4 mod 32 words for kD = 64), so no bank conflicts.
+template <int kD>
+__host__ __device__ constexpr int tc_ld() {
+  return kD + 8;
+}
+// Queries per tile of the backward kernels. Registers: a warp holds dK and dV (kD / 2 each per
+// thread) and the two score tiles S^T, dP^T (QT / 4 each); 32 keeps kD = 64 near 170 registers
+// (two 160-thread blocks per SM), 16 keeps kD = 128 from spilling.
+template <int kD>
+__host__ __device__ constexpr int tc_bwd_qtile() {
+  return kD <= 32 ? 64 : kD <= 64 ? 32 : 16;
+}
+// Keys per tile of the dQ kernel.
+template <int kD>
+__host__ __device__ constexpr int tc_dq_ktile() {
+  return kD <= 64 ? 64 : 32;
+}
+
+__device__ __forceinline__ uint32_t tc_pack(float lo, float hi) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);  // .x (the lower column) in the low half
+  return uint32_t(__bfloat16_as_ushort(h.x)) | (uint32_t(__bfloat16_as_ushort(h.y)) << 16);
+}
+// The A fragment of k step ks from two accumulator tiles (columns 16 ks .. 16 ks + 15 of C):
+// the C layout of a 16 x 16 pair is the A layout, so P and dS never leave registers.
+template <int N>
+__device__ __forceinline__ void tc_acc_to_a(uint32_t (&a)[4], const float (&c)[N][4], int ks) {
+  a[0] = tc_pack(c[2 * ks][0], c[2 * ks][1]);
+  a[1] = tc_pack(c[2 * ks][2], c[2 * ks][3]);
+  a[2] = tc_pack(c[2 * ks + 1][0], c[2 * ks + 1][1]);
+  a[3] = tc_pack(c[2 * ks + 1][2], c[2 * ks + 1][3]);
+}
+// Sum of the 8 products of two chunks of 8 bf16 (exact bf16 -> float by shifting).
+__device__ __forceinline__ float tc_dot8(const uint4& x, const uint4& y) {
+  const uint32_t xs[4] = {x.x, x.y, x.z, x.w}, ys[4] = {y.x, y.y, y.z, y.w};
+  float sum = 0.f;
+#pragma unroll
+  for (int w = 0; w < 4; ++w) {
+    sum = fmaf(__uint_as_float(xs[w] << 16), __uint_as_float(ys[w] << 16), sum);
+    sum = fmaf(__uint_as_float(xs[w] & 0xffff0000u), __uint_as_float(ys[w] & 0xffff0000u), sum);
+  }
+  return sum;
+}
+
+// The 8 elements g[r, d0 .. d0 + 8) of a row-major [rows, D] matrix, zero outside it. vec: one
+// 16-byte load (D % 8 == 0, aligned base).
+__device__ __forceinline__ uint4 tc_load8(const bf16* g, int64_t rows, int D, int64_t r, int d0, bool vec) {
+  uint4 x = make_uint4(0u, 0u, 0u, 0u);
+  if (r >= rows || d0 >= D) return x;
+  if (vec) return *reinterpret_cast<const uint4*>(g + r * D + d0);
+  uint32_t w[4] = {0u, 0u, 0u, 0u};
+#pragma unroll
+  for (int e = 0; e < 8; ++e)
+    if (d0 + e < D) w[e / 2] |= uint32_t(__bfloat16_as_ushort(g[r * D + d0 + e])) << (16 * (e % 2));
+  x.x = w[0], x.y = w[1], x.z = w[2], x.w = w[3];
+  return x;
+}
+
+// s[r][0 .. kD) = g[r0 + r][0 .. kD) for r < nrows (leading dimension tc_ld<kD>()), zero past
+// the matrix or past D. vec: cp.async (the caller waits with tc_cp_async_wait_all, then syncs).
+template <int kD>
+__device__ __forceinline__ void tc_load_tile(bf16* s, const bf16* g, int64_t rows, int D, int64_t r0, int nrows,
+                                             bool vec) {
+  constexpr int LD = tc_ld<kD>(), kChunks = kD / 8;
+  for (int idx = int(threadIdx.x); idx < nrows * kChunks; idx += int(blockDim.x)) {
+    const int r = idx / kChunks, c = (idx % kChunks) * 8;
+    const int64_t gr = r0 + r;
+    bf16* dst = s + r * LD + c;
+    if (vec) {
+      const bool ok = gr < rows && c < D;
+      tc_cp_async16(dst, ok ? g + gr * D + c : g, ok ? 16 : 0);
+    } else {
+      *reinterpret_cast<uint4*>(dst) = tc_load8(g, rows, D, gr, c, false);
+    }
+  }
+}
+
+// p[0] (+)= x0, p[1] (+)= x1 in bf16 (float math), n of the two inside the row (n >= 1).
+// vec: both are inside (D % 8 == 0, even column) and p is 4-byte aligned.
+template <bool kAdd>
+__device__ __forceinline__ void tc_store2(bf16* p, float x0, float x1, int n, bool vec) {
+  if (vec) {
+    __nv_bfloat162* p2 = reinterpret_cast<__nv_bfloat162*>(p);
+    if constexpr (kAdd) {
+      const __nv_bfloat162 o = *p2;
+      x0 += __bfloat162float(o.x);
+      x1 += __bfloat162float(o.y);
+    }
+    *p2 = __floats2bfloat162_rn(x0, x1);
+    return;
+  }
+  if constexpr (kAdd) {
+    accumulate(p, x0);
+    if (n > 1) accumulate(p + 1, x1);
+  } else {
+    p[0] = from_float<bf16>(x0);
+    if (n > 1) p[1] = from_float<bf16>(x1);
+  }
+}
+
+// Row `row` of a warp's 16 x (8 NT) accumulator tile (h = 0: row g, h = 1: row g + 8) times mul
+// into dst[0 .. D) of a row-major matrix row (written, or added with kAdd).
+template <bool kAdd, int NT>
+__device__ __forceinline__ void tc_store_row(bf16* dst, const float (&c)[NT][4], int h, float mul, int D, int t,
+                                             bool vec) {
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    const int d = 8 * nt + 2 * t;
+    if (d < D) tc_store2<kAdd>(dst + d, mul * c[nt][2 * h], mul * c[nt][2 * h + 1], D - d, vec);
+  }
+}
+
+// ---- forward. grid: BH * blocks; block: 32 W threads, warp w owns queries q0 + 16 w .. + 15;
+// dynamic shared memory: tc_fwd_smem_bytes<kD>(W). Keys stream through shared memory in tiles
+// of 64: S = Q K^T (A = the warp's Q rows, kept as fragments), the running max / sum of each row
+// are quad shuffles (online softmax in base 2), P stays in registers as the A operand of O += P V.
+// Causal: a block stops at its last query's key, a warp skips 16-key steps past its last query.
+template <int kD>
+__global__ void __launch_bounds__(32 * kTcMaxWarps) attn_fwd_tc(const AttentionArgs<bf16> a, const TcDims dm) {
+  constexpr int LD = tc_ld<kD>(), KT = kTcKeyTile, NKS = kD / 16;
+  extern __shared__ __align__(16) unsigned char tc_smem[];
+  const int W = int(blockDim.x) / 32, warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  const int g = lane / 4, t = lane % 4, lr = lane % 8, lm = lane / 8;  // ldmatrix: lane gives row lr of matrix lm
+  bf16* Qs = reinterpret_cast<bf16*>(tc_smem);  // [16 W][LD]
+  bf16* Ks = Qs + 16 * W * LD;                  // [KT][LD]
+  bf16* Vs = Ks + KT * LD;                      // [KT][LD]
+  const int64_t bh = blockIdx.x / dm.blocks, q0 = (blockIdx.x % dm.blocks) * 16 * W;
+  const int D = dm.D;
+  const bf16* k = a.k + bh * dm.Tk * D;  // [Tk, D]
+  const bf16* v = a.v + bh * dm.Tk * D;  // [Tk, D]
+  tc_load_tile<kD>(Qs, a.q + bh * dm.Tq * D, dm.Tq, D, q0, 16 * W, dm.vec);
+  tc_cp_async_wait_all();
+  __syncthreads();
+  const int64_t wq0 = q0 + 16 * warp;  // the warp's first query
+  const bool active = wq0 < dm.Tq;
+  uint32_t qf[NKS][4];  // the warp's 16 query rows as A fragments, one per 16 of D
+#pragma unroll
+  for (int ks = 0; ks < NKS; ++ks) tc_ldsm(qf[ks], Qs + (16 * warp + lr + 8 * (lm % 2)) * LD + 16 * ks + 8 * (lm / 2));
+
+  float o[kD / 8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+#pragma unroll
+  for (int nd = 0; nd < kD / 8; ++nd)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[nd][e] = 0.f;
+  const int64_t kend = dm.causal ? min64(dm.Tk, q0 + 16 * W) : dm.Tk;
+  const int64_t kend_w = dm.causal ? min64(dm.Tk, wq0 + 16) : dm.Tk;  // keys this warp can see
+  for (int64_t j0 = 0; j0 < kend; j0 += KT) {
+    __syncthreads();  // the previous tile's readers are done
+    tc_load_tile<kD>(Ks, k, dm.Tk, D, j0, KT, dm.vec);
+    tc_load_tile<kD>(Vs, v, dm.Tk, D, j0, KT, dm.vec);
+    tc_cp_async_wait_all();
+    __syncthreads();
+    if (!active || j0 >= kend_w) continue;  // warp-uniform
+    const int nk = int(min64(KT, kend_w - j0));  // keys of the tile that can be visible to the warp
+    float s[KT / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < KT / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[nt][e] = 0.f;
+#pragma unroll
+    for (int np = 0; np < KT / 16; ++np) {
+      if (16 * np >= nk) continue;
+#pragma unroll
+      for (int ks = 0; ks < NKS; ++ks) {
+        uint32_t b[4];  // keys 16 np .. + 7 and + 8 .. + 15, D columns 16 ks .. + 15
+        tc_ldsm(b, Ks + (16 * np + lr + 8 * (lm / 2)) * LD + 16 * ks + 8 * (lm % 2));
+        tc_mma(s[2 * np], qf[ks], b[0], b[1]);
+        tc_mma(s[2 * np + 1], qf[ks], b[2], b[3]);
+      }
+    }
+    // scale into base 2, mask (past Tk, causal; skipped steps are past kend_w, so masked too)
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int nt = 0; nt < KT / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t i = wq0 + g + 8 * (e / 2), j = j0 + 8 * nt + 2 * t + (e % 2);
+        const bool ok = j < dm.Tk && (!dm.causal || j <= i);
+        s[nt][e] = ok ? s[nt][e] * dm.scale_log2 : -INFINITY;
+        mx[e / 2] = fmaxf(mx[e / 2], s[nt][e]);
+      }
+    float ref[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      mx[h] = fmaxf(mx[h], __shfl_xor_sync(kFullMask, mx[h], 1));  // the 4 lanes of a quad share a row
+      mx[h] = fmaxf(mx[h], __shfl_xor_sync(kFullMask, mx[h], 2));
+      const float m_new = fmaxf(m[h], mx[h]);
+      ref[h] = m_new == -INFINITY ? 0.f : m_new;  // nothing visible yet: no inf - inf
+      const float alpha = exp2f(m[h] - ref[h]);
+      m[h] = m_new;
+      l[h] *= alpha;  // l is this lane's partial sum; the quad adds its four at the end
+#pragma unroll
+      for (int nd = 0; nd < kD / 8; ++nd) {
+        o[nd][2 * h] *= alpha;
+        o[nd][2 * h + 1] *= alpha;
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < KT / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float p = exp2f(s[nt][e] - ref[e / 2]);
+        s[nt][e] = p;
+        l[e / 2] += p;
+      }
+    // O += P V (k = the tile's keys)
+#pragma unroll
+    for (int ks = 0; ks < KT / 16; ++ks) {
+      if (16 * ks >= nk) continue;
+      uint32_t pa[4];
+      tc_acc_to_a(pa, s, ks);
+#pragma unroll
+      for (int np = 0; np < kD / 16; ++np) {
+        uint32_t b[4];  // keys 16 ks .. + 15, D columns 16 np .. + 7 and + 8 .. + 15
+        tc_ldsm_t(b, Vs + (16 * ks + lr + 8 * (lm % 2)) * LD + 16 * np + 8 * (lm / 2));
+        tc_mma(o[2 * np], pa, b[0], b[1]);
+        tc_mma(o[2 * np + 1], pa, b[2], b[3]);
+      }
+    }
+  }
+  if (!active) return;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    l[h] += __shfl_xor_sync(kFullMask, l[h], 1);
+    l[h] += __shfl_xor_sync(kFullMask, l[h], 2);
+    const int64_t i = wq0 + g + 8 * h;
+    if (i >= dm.Tq) continue;
+    tc_store_row<false>(a.out + (bh * dm.Tq + i) * D, o, h, 1.f / l[h], D, t, dm.vec);
+    if (t == 0) a.lse[bh * dm.Tq + i] = (m[h] + log2f(l[h])) * kLn2;
+  }
+}
+
+// ---- backward, key blocks. grid: BH * blocks; block: 32 W threads, warp w owns keys
+// k0 + 16 w .. + 15; dynamic shared memory: tc_bwd_smem_bytes<kD>(W). K, V of the block stay in
+// shared memory; query tiles of QT rows stream through it (causal: from the block's first key on).
+// Per tile: Delta = rowsum(dO o O), S^T = K Q^T and dP^T = V dO^T, P^T = exp2(S^T - lse),
+// dS^T = P^T (dP^T - Delta), then dV += P^T dO and dK += dS^T Q with P^T, dS^T as A fragments.
+// fuse_dq (the block holds all keys of its head): dS^T also goes to shared memory and the block
+// computes the tile's dQ = dS K itself, so dQ has a single owner without a second kernel.
+template <int kD>
+__global__ void __launch_bounds__(32 * kTcMaxWarps) attn_bwd_kv_tc(const AttentionArgs<bf16> a, const TcDims dm) {
+  constexpr int LD = tc_ld<kD>(), QT = tc_bwd_qtile<kD>(), LDS = QT + 8, NKS = kD / 16, NQ = QT / 8;
+  static_assert(QT * (kD / 8) % 32 == 0, "the Delta loop runs whole warps");
+  extern __shared__ __align__(16) unsigned char tc_smem[];
+  const int W = int(blockDim.x) / 32, warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  const int g = lane / 4, t = lane % 4, lr = lane % 8, lm = lane / 8;
+  bf16* Ks = reinterpret_cast<bf16*>(tc_smem);                  // [16 W][LD] the block's keys
+  bf16* Vs = Ks + 16 * W * LD;                                  // [16 W][LD]
+  bf16* Qs = Vs + 16 * W * LD;                                  // [QT][LD] one query tile
+  bf16* dOs = Qs + QT * LD;                                     // [QT][LD]
+  bf16* dSs = dOs + QT * LD;                                    // [16 W][LDS] dS^T (keys x queries)
+  float* lse_s = reinterpret_cast<float*>(dSs + 16 * W * LDS);  // [QT] lse * log2(e)
+  float* dlt_s = lse_s + QT;                                    // [QT] Delta
+  const int64_t bh = blockIdx.x / dm.blocks, k0 = (blockIdx.x % dm.blocks) * 16 * W;
+  const int D = dm.D;
+  const int64_t qoff = bh * dm.Tq * D, koff = bh * dm.Tk * D;
+  tc_load_tile<kD>(Ks, a.k + koff, dm.Tk, D, k0, 16 * W, dm.vec);
+  tc_load_tile<kD>(Vs, a.v + koff, dm.Tk, D, k0, 16 * W, dm.vec);
+  const int64_t wk0 = k0 + 16 * warp;  // the warp's first key
+  const bool kactive = wk0 < dm.Tk;
+  float dk[kD / 8][4], dv[kD / 8][4];
+#pragma unroll
+  for (int nd = 0; nd < kD / 8; ++nd)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dk[nd][e] = dv[nd][e] = 0.f;
+
+  // causal (Tq == Tk): queries before k0 see none of the block's keys
+  for (int64_t i0 = dm.causal ? k0 / QT * QT : 0; i0 < dm.Tq; i0 += QT) {
+    __syncthreads();  // the previous tile's readers are done
+    tc_load_tile<kD>(Qs, a.q + qoff, dm.Tq, D, i0, QT, dm.vec);
+    tc_load_tile<kD>(dOs, a.dout + qoff, dm.Tq, D, i0, QT, dm.vec);
+    for (int r = int(threadIdx.x); r < QT; r += int(blockDim.x)) {
+      const int64_t i = i0 + r;
+      lse_s[r] = i < dm.Tq ? a.lse[bh * dm.Tq + i] * kLog2e : 0.f;
+    }
+    tc_cp_async_wait_all();
+    __syncthreads();
+    // Delta_i = dO_i . O_i: kD / 8 neighbouring lanes share a row, 8 elements each
+    for (int idx = int(threadIdx.x); idx < QT * (kD / 8); idx += int(blockDim.x)) {
+      const int r = idx / (kD / 8), c = (idx % (kD / 8)) * 8;
+      float part = tc_dot8(tc_load8(a.out + qoff, dm.Tq, D, i0 + r, c, dm.vec),
+                           *reinterpret_cast<const uint4*>(dOs + r * LD + c));
+#pragma unroll
+      for (int off = 1; off < kD / 8; off <<= 1) part += __shfl_xor_sync(kFullMask, part, off);
+      if (c == 0) dlt_s[r] = part;
+    }
+    __syncthreads();
+    // causal: a tile wholly before the warp's keys adds nothing
+    const bool work = kactive && !(dm.causal && i0 + QT <= wk0);
+    if (work) {
+      float st[NQ][4], dpt[NQ][4];
+#pragma unroll
+      for (int nt = 0; nt < NQ; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) st[nt][e] = dpt[nt][e] = 0.f;
+#pragma unroll
+      for (int ks = 0; ks < NKS; ++ks) {
+        uint32_t ka[4], va[4];  // the warp's keys, D columns 16 ks .. + 15
+        tc_ldsm(ka, Ks + (16 * warp + lr + 8 * (lm % 2)) * LD + 16 * ks + 8 * (lm / 2));
+        tc_ldsm(va, Vs + (16 * warp + lr + 8 * (lm % 2)) * LD + 16 * ks + 8 * (lm / 2));
+#pragma unroll
+        for (int np = 0; np < QT / 16; ++np) {
+          uint32_t b[4];  // queries 16 np .. + 15 as B columns
+          tc_ldsm(b, Qs + (16 * np + lr + 8 * (lm / 2)) * LD + 16 * ks + 8 * (lm % 2));
+          tc_mma(st[2 * np], ka, b[0], b[1]);
+          tc_mma(st[2 * np + 1], ka, b[2], b[3]);
+          tc_ldsm(b, dOs + (16 * np + lr + 8 * (lm / 2)) * LD + 16 * ks + 8 * (lm % 2));
+          tc_mma(dpt[2 * np], va, b[0], b[1]);
+          tc_mma(dpt[2 * np + 1], va, b[2], b[3]);
+        }
+      }
+      // P^T and dS^T in place (row: key, column: query of the tile); masked entries are 0
+#pragma unroll
+      for (int nt = 0; nt < NQ; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int il = 8 * nt + 2 * t + (e % 2);
+          const int64_t i = i0 + il, j = wk0 + g + 8 * (e / 2);
+          const bool ok = i < dm.Tq && j < dm.Tk && (!dm.causal || j <= i);
+          const float p = ok ? exp2f(st[nt][e] * dm.scale_log2 - lse_s[il]) : 0.f;
+          st[nt][e] = p;
+          dpt[nt][e] = p * (dpt[nt][e] - dlt_s[il]);
+        }
+      // dV += P^T dO, dK += dS^T Q (k = the tile's queries)
+#pragma unroll
+      for (int ks = 0; ks < QT / 16; ++ks) {
+        uint32_t pa[4], sa[4];
+        tc_acc_to_a(pa, st, ks);
+        tc_acc_to_a(sa, dpt, ks);
+#pragma unroll
+        for (int np = 0; np < kD / 16; ++np) {
+          uint32_t b[4];  // queries 16 ks .. + 15 as k, D columns 16 np .. + 15
+          tc_ldsm_t(b, dOs + (16 * ks + lr + 8 * (lm % 2)) * LD + 16 * np + 8 * (lm / 2));
+          tc_mma(dv[2 * np], pa, b[0], b[1]);
+          tc_mma(dv[2 * np + 1], pa, b[2], b[3]);
+          tc_ldsm_t(b, Qs + (16 * ks + lr + 8 * (lm % 2)) * LD + 16 * np + 8 * (lm / 2));
+          tc_mma(dk[2 * np], sa, b[0], b[1]);
+          tc_mma(dk[2 * np + 1], sa, b[2], b[3]);
+        }
+      }
+      if (dm.fuse_dq) {
+#pragma unroll
+        for (int nt = 0; nt < NQ; ++nt)
+#pragma unroll
+          for (int h = 0; h < 2; ++h)
+            *reinterpret_cast<uint32_t*>(dSs + (16 * warp + g + 8 * h) * LDS + 8 * nt + 2 * t) =
+                tc_pack(dpt[nt][2 * h], dpt[nt][2 * h + 1]);
+      }
+    } else if (dm.fuse_dq) {
+      for (int idx = lane; idx < 16 * QT / 2; idx += 32)  // the warp's rows of dS^T are zero
+        *reinterpret_cast<uint32_t*>(dSs + (16 * warp + idx / (QT / 2)) * LDS + 2 * (idx % (QT / 2))) = 0u;
+    }
+    if (dm.fuse_dq) {
+      __syncthreads();  // dS^T complete
+      // dQ of the tile = dS (QT x 16 W) K (16 W x kD) in items of 16 rows x 32 columns spread
+      // over the warps (all of them busy, 16 accumulator registers beside dK and dV)
+      constexpr int RG = QT / 16, kItems = RG * (kD / 32);
+      for (int item = warp; item < kItems; item += W) {
+        const int rq = item % RG, c0 = 32 * (item / RG);
+        if (i0 + 16 * rq >= dm.Tq || c0 >= D) continue;  // warp-uniform: rows past Tq or columns past D
+        float acc[4][4];
+#pragma unroll
+        for (int nd = 0; nd < 4; ++nd)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[nd][e] = 0.f;
+        for (int ks = 0; ks < W; ++ks) {
+          uint32_t sa[4];  // dS rows (queries) 16 rq .. + 15, keys 16 ks .. + 15, from dS^T
+          tc_ldsm_t(sa, dSs + (16 * ks + lr + 8 * (lm / 2)) * LDS + 16 * rq + 8 * (lm % 2));
+#pragma unroll
+          for (int np = 0; np < 2; ++np) {
+            uint32_t b[4];  // keys 16 ks .. + 15 as k, D columns c0 + 16 np .. + 15
+            tc_ldsm_t(b, Ks + (16 * ks + lr + 8 * (lm % 2)) * LD + c0 + 16 * np + 8 * (lm / 2));
+            tc_mma(acc[2 * np], sa, b[0], b[1]);
+            tc_mma(acc[2 * np + 1], sa, b[2], b[3]);
+          }
+        }
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int64_t i = i0 + 16 * rq + g + 8 * h;
+          if (i < dm.Tq) tc_store_row<true>(a.dq + qoff + i * D + c0, acc, h, dm.scale, D - c0, t, dm.vec);
+        }
+      }
+    }
+  }
+  // dq may be the same buffer as dk / dv (self-attention on one tensor): the block's dQ updates of
+  // these rows are done and visible before its dK / dV updates.
+  __syncthreads();
+  if (!kactive) return;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int64_t j = wk0 + g + 8 * h;
+    if (j >= dm.Tk) continue;
+    if (a.dk) tc_store_row<true>(a.dk + koff + j * D, dk, h, dm.scale, D, t, dm.vec);
+    if (a.dv) tc_store_row<true>(a.dv + koff + j * D, dv, h, 1.f, D, t, dm.vec);
+  }
+}
+
+// ---- backward, dQ alone (used when a head has more than one key block). grid: BH * blocks;
+// block: 128 threads, warp w owns queries q0 + 16 w .. + 15; dynamic shared memory:
+// tc_dq_smem_bytes<kD>(). Like the forward: key tiles stream through shared memory, S and
+// dP = dO V^T are recomputed, dS = P (dP - Delta) stays in registers as the A operand of dQ += dS K.
+// Delta comes from the workspace (attn_bwd_delta).
+template <int kD>
+__global__ void __launch_bounds__(128) attn_bwd_dq_tc(const AttentionArgs<bf16> a, const TcDims dm) {
+  constexpr int LD = tc_ld<kD>(), KT = tc_dq_ktile<kD>(), NKS = kD / 16, QB = 64;
+  extern __shared__ __align__(16) unsigned char tc_smem[];
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  const int g = lane / 4, t = lane % 4, lr = lane % 8, lm = lane / 8;
+  bf16* Qs = reinterpret_cast<bf16*>(tc_smem);  // [QB][LD]
+  bf16* dOs = Qs + QB * LD;                     // [QB][LD]
+  bf16* Ks = dOs + QB * LD;                     // [KT][LD]
+  bf16* Vs = Ks + KT * LD;                      // [KT][LD]
+  const int64_t bh = blockIdx.x / dm.blocks, q0 = (blockIdx.x % dm.blocks) * QB;
+  const int D = dm.D;
+  const int64_t qoff = bh * dm.Tq * D, koff = bh * dm.Tk * D;
+  tc_load_tile<kD>(Qs, a.q + qoff, dm.Tq, D, q0, QB, dm.vec);
+  tc_load_tile<kD>(dOs, a.dout + qoff, dm.Tq, D, q0, QB, dm.vec);
+  const int64_t wq0 = q0 + 16 * warp;
+  const bool active = wq0 < dm.Tq;
+  float lse2[2], dlt[2], acc[kD / 8][4];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int64_t i = wq0 + g + 8 * h;
+    lse2[h] = i < dm.Tq ? a.lse[bh * dm.Tq + i] * kLog2e : 0.f;
+    dlt[h] = i < dm.Tq ? a.workspace[bh * dm.Tq + i] : 0.f;
+  }
+#pragma unroll
+  for (int nd = 0; nd < kD / 8; ++nd)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[nd][e] = 0.f;
+  const int64_t kend = dm.causal ? min64(dm.Tk, q0 + QB) : dm.Tk;
+  const int64_t kend_w = dm.causal ? min64(dm.Tk, wq0 + 16) : dm.Tk;
+  for (int64_t j0 = 0; j0 < kend; j0 += KT) {
+    __syncthreads();  // the previous tile's readers are done
+    tc_load_tile<kD>(Ks, a.k + koff, dm.Tk, D, j0, KT, dm.vec);
+    tc_load_tile<kD>(Vs, a.v + koff, dm.Tk, D, j0, KT, dm.vec);
+    tc_cp_async_wait_all();
+    __syncthreads();
+    if (!active || j0 >= kend_w) continue;  // warp-uniform
+    const int nk = int(min64(KT, kend_w - j0));
+    float s[KT / 8][4], dp[KT / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < KT / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[nt][e] = dp[nt][e] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < NKS; ++ks) {
+      uint32_t qa[4], oa[4];
+      tc_ldsm(qa, Qs + (16 * warp + lr + 8 * (lm % 2)) * LD + 16 * ks + 8 * (lm / 2));
+      tc_ldsm(oa, dOs + (16 * warp + lr + 8 * (lm % 2)) * LD + 16 * ks + 8 * (lm / 2));
+#pragma unroll
+      for (int np = 0; np < KT / 16; ++np) {
+        if (16 * np >= nk) continue;
+        uint32_t b[4];
+        tc_ldsm(b, Ks + (16 * np + lr + 8 * (lm / 2)) * LD + 16 * ks + 8 * (lm % 2));
+        tc_mma(s[2 * np], qa, b[0], b[1]);
+        tc_mma(s[2 * np + 1], qa, b[2], b[3]);
+        tc_ldsm(b, Vs + (16 * np + lr + 8 * (lm / 2)) * LD + 16 * ks + 8 * (lm % 2));
+        tc_mma(dp[2 * np], oa, b[0], b[1]);
+        tc_mma(dp[2 * np + 1], oa, b[2], b[3]);
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < KT / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t i = wq0 + g + 8 * (e / 2), j = j0 + 8 * nt + 2 * t + (e % 2);
+        const bool ok = i < dm.Tq && j < dm.Tk && (!dm.causal || j <= i);
+        const float p = ok ? exp2f(s[nt][e] * dm.scale_log2 - lse2[e / 2]) : 0.f;
+        s[nt][e] = p * (dp[nt][e] - dlt[e / 2]);  // dS
+      }
+#pragma unroll
+    for (int ks = 0; ks < KT / 16; ++ks) {
+      if (16 * ks >= nk) continue;
+      uint32_t sa[4];
+      tc_acc_to_a(sa, s, ks);
+#pragma unroll
+      for (int np = 0; np < kD / 16; ++np) {
+        uint32_t b[4];
+        tc_ldsm_t(b, Ks + (16 * ks + lr + 8 * (lm % 2)) * LD + 16 * np + 8 * (lm / 2));
+        tc_mma(acc[2 * np], sa, b[0], b[1]);
+        tc_mma(acc[2 * np + 1], sa, b[2], b[3]);
+      }
+    }
+  }
+  tc_cp_async_wait_all();
+  if (!active) return;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int64_t i = wq0 + g + 8 * h;
+    if (i < dm.Tq) tc_store_row<true>(a.dq + qoff + i * D, acc, h, dm.scale, D, t, dm.vec);
+  }
+}
+
 // ---------------------------------------------------------------- launch helpers
 // Calls f.template operator()<kD>() with the compiled tile width that holds D.
 template <class F>
@@ -479,6 +1046,91 @@ void check_shape(const AttentionShape& s, const char* op) {
   CLIPCU_CUDA_REQUIRE(s.B * s.H * std::max(s.Tq, s.Tk) <= (int64_t(1) << 32), op << ": too many rows");
 }
 
+// ---------------------------------------------------------------- tensor-core launchers (bf16)
+template <int kD>
+size_t tc_fwd_smem_bytes(int W) {
+  return size_t(16 * W + 2 * kTcKeyTile) * tc_ld<kD>() * sizeof(bf16);
+}
+template <int kD>
+size_t tc_bwd_smem_bytes(int W) {
+  constexpr int QT = tc_bwd_qtile<kD>();
+  return size_t(2 * 16 * W + 2 * QT) * tc_ld<kD>() * sizeof(bf16) + size_t(16 * W) * (QT + 8) * sizeof(bf16) +
+         2 * QT * sizeof(float);
+}
+template <int kD>
+size_t tc_dq_smem_bytes() {
+  return size_t(2 * 64 + 2 * tc_dq_ktile<kD>()) * tc_ld<kD>() * sizeof(bf16);
+}
+
+// Warps of a block owning up to 128 rows of T (16 rows a warp): a short head is one block.
+int tc_warps(int64_t T) { return int(std::clamp<int64_t>((T + 15) / 16, 1, kTcMaxWarps)); }
+
+TcDims tc_dims(const AttentionShape& s, const AttentionArgs<bf16>& a) {
+  TcDims d;
+  d.BH = s.B * s.H;
+  d.Tq = s.Tq;
+  d.Tk = s.Tk;
+  d.D = int(s.D);
+  d.causal = s.causal;
+  d.scale = float(1.0 / std::sqrt(double(s.D)));
+  d.scale_log2 = float(1.4426950408889634 / std::sqrt(double(s.D)));
+  d.vec = s.D % 8 == 0;
+  for (const void* p : {(const void*)a.q, (const void*)a.k, (const void*)a.v, (const void*)a.out,
+                        (const void*)a.dout, (const void*)a.dq, (const void*)a.dk, (const void*)a.dv})
+    if (p && !detail::aligned_to(p, 16)) d.vec = false;
+  return d;
+}
+
+// Opts a kernel into more than the default 48 KiB of dynamic shared memory when it needs it.
+template <class K>
+void tc_allow_smem(K kernel, size_t smem) {
+  if (smem > 48 * 1024)
+    CLIPCU_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+}
+
+void tc_forward(const AttentionShape& s, const AttentionArgs<bf16>& a, cudaStream_t stream) {
+  TcDims dm = tc_dims(s, a);
+  const int W = tc_warps(s.Tq);
+  dm.blocks = (s.Tq + 16 * W - 1) / (16 * W);
+  dispatch_head_dim(s.D, [&]<int kD>() {
+    const size_t smem = tc_fwd_smem_bytes<kD>(W);
+    tc_allow_smem(attn_fwd_tc<kD>, smem);
+    attn_fwd_tc<kD><<<unsigned(dm.BH * dm.blocks), unsigned(32 * W), smem, stream>>>(a, dm);
+    CLIPCU_CUDA_CHECK_LAUNCH("attn_fwd_tc");
+  });
+}
+
+// One key block per head (Tk <= 128): a single kernel computes Delta, dK, dV and dQ. Longer
+// heads: the key-block kernel (dK, dV), then Delta into the workspace and the dQ kernel.
+void tc_backward(const AttentionShape& s, const AttentionArgs<bf16>& a, cudaStream_t stream) {
+  TcDims dm = tc_dims(s, a);
+  const int W = tc_warps(s.Tk);
+  const int64_t kblocks = (s.Tk + 16 * W - 1) / (16 * W);
+  const bool want_kv = a.dk || a.dv;
+  dispatch_head_dim(s.D, [&]<int kD>() {
+    if (want_kv || (kblocks == 1 && a.dq)) {
+      TcDims d = dm;
+      d.blocks = kblocks;
+      d.fuse_dq = kblocks == 1 && a.dq;
+      const size_t smem = tc_bwd_smem_bytes<kD>(W);
+      tc_allow_smem(attn_bwd_kv_tc<kD>, smem);
+      attn_bwd_kv_tc<kD><<<unsigned(d.BH * d.blocks), unsigned(32 * W), smem, stream>>>(a, d);
+      CLIPCU_CUDA_CHECK_LAUNCH("attn_bwd_kv_tc");
+    }
+    if (kblocks > 1 && a.dq) {
+      const int64_t qrows = s.B * s.H * s.Tq;
+      attn_bwd_delta<bf16><<<unsigned((qrows + 3) / 4), 128, 0, stream>>>(a, qrows, int(s.D));
+      CLIPCU_CUDA_CHECK_LAUNCH("attn_bwd_delta");
+      TcDims d = dm;
+      d.blocks = (s.Tq + 63) / 64;
+      const size_t smem = tc_dq_smem_bytes<kD>();
+      tc_allow_smem(attn_bwd_dq_tc<kD>, smem);
+      attn_bwd_dq_tc<kD><<<unsigned(d.BH * d.blocks), 128, smem, stream>>>(a, d);
+      CLIPCU_CUDA_CHECK_LAUNCH("attn_bwd_dq_tc");
+    }
+  });
+}
+
 }  // namespace
 
 size_t attention_backward_workspace_floats(const AttentionShape& s) { return size_t(s.B * s.H * s.Tq); }
@@ -489,6 +1141,9 @@ void attention_forward(const AttentionShape& s, const AttentionArgs<T>& a, cudaS
   CLIPCU_CUDA_REQUIRE(a.q && a.k && a.v && a.out && a.lse, "attention_forward: a pointer is null");
   const int64_t rows = s.B * s.H * s.Tq;
   if (rows == 0) return;
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (s.kernel == AttentionKernel::TensorCore) return tc_forward(s, a, stream);
+  }
   if (s.kernel == AttentionKernel::Simple) {
     const Dims dm = make_dims(s, s.Tq);
     attn_fwd_simple<T><<<unsigned((rows + 3) / 4), 128, 0, stream>>>(a, dm);
@@ -514,6 +1169,9 @@ void attention_backward(const AttentionShape& s, const AttentionArgs<T>& a, cuda
   CLIPCU_CUDA_REQUIRE(a.workspace, "attention_backward: no workspace (attention_backward_workspace_floats)");
   const int64_t qrows = s.B * s.H * s.Tq, krows = s.B * s.H * s.Tk;
   if (qrows == 0) return;  // no query: every gradient is zero, nothing to add
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (s.kernel == AttentionKernel::TensorCore) return tc_backward(s, a, stream);
+  }
   attn_bwd_delta<T><<<unsigned((qrows + 3) / 4), 128, 0, stream>>>(a, qrows, int(s.D));
   CLIPCU_CUDA_CHECK_LAUNCH("attn_bwd_delta");
   const bool want_kv = a.dk || a.dv;

@@ -14,6 +14,13 @@
 //           register tiles per thread; online softmax in the forward; backward in two kernels,
 //           one owning key blocks (dK, dV) and one owning query blocks (dQ): every gradient
 //           element has one owner, so there are no atomics and results repeat bit for bit.
+//   TensorCore: bf16 only (float storage runs Tiled): flash-attention-2 style with mma.sync
+//           m16n8k16 (bf16 in, float accumulate), a warp owns 16 rows, P and dS stay in
+//           registers as mma operands. Forward: a block of up to 8 warps (128 queries) streams
+//           key tiles of 64. Backward: a block owns up to 128 keys (dK, dV) and loops over the
+//           query tiles; when that is the whole head (Tk <= 128) the same block also computes
+//           Delta and dQ, so one kernel does the backward; longer heads run a separate dQ
+//           kernel. No atomics, deterministic; dq, dk and dv may be one buffer.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -22,7 +29,7 @@
 
 namespace clipcu::cuda {
 
-enum class AttentionKernel { Simple, Tiled };
+enum class AttentionKernel { Simple, Tiled, TensorCore };
 const char* attention_kernel_name(AttentionKernel k);
 
 struct AttentionShape {
