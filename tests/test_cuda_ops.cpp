@@ -234,27 +234,32 @@ struct GemmShape {
 
 double gemm_tol(cuda::GemmBackend b, bool is_bf16) {
   if (is_bf16) return kBf16;
-  return b == cuda::GemmBackend::TensorCore ? kTf32 : kF32Fwd;
+  return cuda::gemm_backend_uses_tf32(b) ? kTf32 : kF32Fwd;
 }
 
 template <class T>
 cuda::GemmParams<T> base_params(cuda::GemmBackend backend) {
   cuda::GemmParams<T> p;
   p.backend = backend;
+  // every backend gets the workspace (the TensorCore backend splits K into it when the output
+  // has few tiles)
+  p.workspace = cuda::cublaslt_workspace();
+  p.workspace_bytes = cuda::kCublasLtWorkspaceBytes;
   if (backend == cuda::GemmBackend::Cublas) {
     p.lt = cuda::cublaslt_handle();
     p.cublas = cuda::cublas_handle();
-    p.workspace = cuda::cublaslt_workspace();
-    p.workspace_bytes = cuda::kCublasLtWorkspaceBytes;
     p.allow_tf32 = false;  // float32 accuracy for the float comparison
   }
   return p;
 }
 
 // One product and epilogue on every backend against the CPU; `offset` shifts A and B by one
-// element to force the element-wise (non-cp.async) loads.
+// element to force the element-wise (non-cp.async) loads. all_plans: the TensorCore backend
+// also runs with both block tiles, each with all tiles whole, all split along K, and half and
+// half (independent of the plan it picks on this GPU). expect_split: its own plan must split K.
 template <class T>
-void gemm_case(bool ta, bool tb, GemmShape s, const Epilogue& epi, int offset, uint64_t seed, WorstError& worst) {
+void gemm_case(bool ta, bool tb, GemmShape s, const Epilogue& epi, int offset, uint64_t seed, WorstError& worst,
+               bool all_plans = false, bool expect_split = false) {
   const int64_t M = s.M, N = s.N, K = s.K;
   Rng rng(seed);
   const std::vector<double> A = stored<T>(randn(size_t(M * K), rng)), B = stored<T>(randn(size_t(K * N), rng));
@@ -281,10 +286,32 @@ void gemm_case(bool ta, bool tb, GemmShape s, const Epilogue& epi, int offset, u
   write(dB.get() + offset, B);
   write(dbias.get(), bias);
   write(dR.get(), R);
-  for (cuda::GemmBackend be : {cuda::GemmBackend::Simple, cuda::GemmBackend::TensorCore, cuda::GemmBackend::Cublas}) {
-    const std::string label = std::string(cuda::gemm_backend_name(be)) + " " + type_name<T>() + (ta ? " T" : " N") +
-                              (tb ? "T" : "N") + " " + std::to_string(M) + "x" + std::to_string(N) + "x" +
-                              std::to_string(K) + " " + epi.name + (offset ? " misaligned" : "");
+  struct Run {
+    cuda::GemmBackend be;
+    bool forced;
+    cuda::GemmTensorCorePlan plan;
+  };
+  std::vector<Run> runs;
+  for (cuda::GemmBackend be : cuda::gemm_backends()) runs.push_back({be, false, {}});
+  const bool has_tc =
+      std::any_of(runs.begin(), runs.end(), [](const Run& r) { return r.be == cuda::GemmBackend::TensorCore; });
+  if (all_plans && has_tc)
+    for (int bn : {256, 128}) {
+      const int64_t tiles = ((M + 127) / 128) * ((N + bn - 1) / bn);
+      for (auto [whole, splits] : {std::pair<int64_t, int>{tiles, 1}, {0, 3}, {tiles / 2, 2}}) {
+        cuda::GemmTensorCorePlan plan;
+        plan.block_m = 128, plan.block_n = bn, plan.whole_tiles = whole, plan.splits = splits;
+        runs.push_back({cuda::GemmBackend::TensorCore, true, plan});
+      }
+    }
+  for (const Run& run : runs) {
+    const cuda::GemmBackend be = run.be;
+    std::string label = std::string(cuda::gemm_backend_name(be)) + " " + type_name<T>() + (ta ? " T" : " N") +
+                        (tb ? "T" : "N") + " " + std::to_string(M) + "x" + std::to_string(N) + "x" +
+                        std::to_string(K) + " " + epi.name + (offset ? " misaligned" : "");
+    if (run.forced)
+      label += " [plan 128x" + std::to_string(run.plan.block_n) + ", " + std::to_string(run.plan.whole_tiles) +
+               " whole, rest in " + std::to_string(run.plan.splits) + " K splits]";
     INFO(label);
     write(dC.get(), C0);
     cuda::GemmParams<T> p = base_params<T>(be);
@@ -300,7 +327,16 @@ void gemm_case(bool ta, bool tb, GemmShape s, const Epilogue& epi, int offset, u
     p.act = epi.act;
     p.pre_act = epi.pre_act ? dpre.get() : nullptr;
     p.residual = epi.residual ? (epi.residual_is_c ? dC.get() : dR.get()) : nullptr;
-    cuda::gemm(p, cuda::current_stream());
+    if (be == cuda::GemmBackend::TensorCore && expect_split && !run.forced) {
+      // the case is there for the split-K path of the backend's own plan: make sure it runs
+      const cuda::GemmTensorCorePlan plan = cuda::gemm_tensorcore_plan(p);
+      CHECK_MESSAGE(plan.splits > 1, label << ": " << plan.split_tiles << " tiles split in " << plan.splits);
+    }
+    if (run.forced) {
+      cuda::gemm_tensorcore_with_plan(p, run.plan, cuda::current_stream());
+    } else {
+      cuda::gemm(p, cuda::current_stream());
+    }
     const double tol = gemm_tol(be, std::is_same_v<T, bf16>);
     expect_close(read(dC), ref, tol, label, worst);
     if (epi.pre_act) expect_close(read(dpre), ref_pre, tol, label + " pre_act", worst);
@@ -312,7 +348,8 @@ void gemm_case(bool ta, bool tb, GemmShape s, const Epilogue& epi, int offset, u
 CLIPCU_GPU_TEST("cuda gemm: every backend, transpose form and epilogue against the CPU") {
   // the shapes with epilogues are 3 and 4 (small runs keep 0-3 and use 3 twice)
   const std::vector<GemmShape> shapes =
-      maybe_small<GemmShape>({{1, 1, 1}, {7, 13, 5}, {64, 64, 64}, {129, 77, 40}, {200, 136, 96}, {33, 250, 257}}, 4);
+      maybe_small<GemmShape>(
+          {{1, 1, 1}, {7, 13, 5}, {64, 64, 64}, {129, 77, 40}, {200, 136, 96}, {33, 250, 257}, {300, 520, 200}}, 4);
   const GemmShape epi_shapes[] = {shapes[3], shapes[small_run() ? 3 : 4]};
   WorstError worst_f{"gemm f32 (simple, cublas: 1e-5; tensorcore tf32: 2e-3)", 0.0, {}};
   WorstError worst_b{"gemm bf16", 0.0, {}};
@@ -320,17 +357,45 @@ CLIPCU_GPU_TEST("cuda gemm: every backend, transpose form and epilogue against t
   for (bool ta : {false, true})
     for (bool tb : {false, true}) {
       for (const GemmShape& s : shapes) {
-        gemm_case<float>(ta, tb, s, kEpilogues[0], 0, seed++, worst_f);
-        gemm_case<bf16>(ta, tb, s, kEpilogues[0], 0, seed++, worst_b);
+        // the larger shapes also through every TensorCore plan (tile shape, whole / split K)
+        const bool all_plans = s.M * s.N > 1000;
+        gemm_case<float>(ta, tb, s, kEpilogues[0], 0, seed++, worst_f, all_plans);
+        gemm_case<bf16>(ta, tb, s, kEpilogues[0], 0, seed++, worst_b, all_plans);
       }
       for (const Epilogue& e : kEpilogues)
         for (const GemmShape& s : epi_shapes) {
-          gemm_case<float>(ta, tb, s, e, 0, seed++, worst_f);
-          gemm_case<bf16>(ta, tb, s, e, 0, seed++, worst_b);
+          gemm_case<float>(ta, tb, s, e, 0, seed++, worst_f, !small_run());
+          gemm_case<bf16>(ta, tb, s, e, 0, seed++, worst_b, !small_run());
         }
-      // aligned sizes with misaligned bases: the element-wise load path of the tensor-core kernel
-      gemm_case<float>(ta, tb, {128, 128, 64}, kEpilogues[2], 1, seed++, worst_f);
-      gemm_case<bf16>(ta, tb, {128, 128, 64}, kEpilogues[2], 1, seed++, worst_b);
+      // aligned sizes with misaligned bases: the element-wise load path of the tensor-core kernels
+      gemm_case<float>(ta, tb, {128, 128, 64}, kEpilogues[2], 1, seed++, worst_f, true);
+      gemm_case<bf16>(ta, tb, {128, 128, 64}, kEpilogues[2], 1, seed++, worst_b, true);
+    }
+}
+
+CLIPCU_GPU_TEST("cuda gemm: split-K (few output tiles, long K) with epilogues against the CPU") {
+  // M x N of one or two tiles and a long K: the TensorCore backend splits K into the workspace
+  // (checked), every split writes float partial sums and the reduce pass applies the epilogue.
+  // N = 130 takes the element-wise partial and epilogue paths, N = 96 the 4-wide ones.
+  WorstError worst_f{"gemm split-K f32 (simple, cublas: 1e-5; tensor cores tf32: 2e-3)", 0.0, {}};
+  WorstError worst_b{"gemm split-K bf16", 0.0, {}};
+  const GemmShape wide{136, 96, 2048}, odd{70, 130, 1500};
+  const std::vector<int> wide_epilogues = small_run() ? std::vector<int>{1, 6} : std::vector<int>{0, 1, 3, 6};
+  uint64_t seed = 5000;
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      if (small_run() && ta == tb) continue;  // the sanitizer runs: two transpose forms
+      for (int e : wide_epilogues) {
+        gemm_case<float>(ta, tb, wide, kEpilogues[e], 0, seed++, worst_f, true, true);
+        gemm_case<bf16>(ta, tb, wide, kEpilogues[e], 0, seed++, worst_b, true, true);
+      }
+      for (int e : {2, 5}) {
+        gemm_case<float>(ta, tb, odd, kEpilogues[e], 0, seed++, worst_f, true, true);
+        gemm_case<bf16>(ta, tb, odd, kEpilogues[e], 0, seed++, worst_b, true, true);
+      }
+      // misaligned bases: element-wise loads into the split-K path
+      gemm_case<float>(ta, tb, wide, kEpilogues[2], 1, seed++, worst_f, true, true);
+      gemm_case<bf16>(ta, tb, wide, kEpilogues[2], 1, seed++, worst_b, true, true);
     }
 }
 
@@ -378,6 +443,9 @@ CLIPCU_GPU_TEST("cuda gemm: tensor-core and simple kernels agree with cuBLAS on 
   gemm_backends_agree<float>(1000, 768, 768, false, true, cuda::GemmBackend::Simple, cuda::GemmBackend::Cublas, kF32Fwd,
                              worst);
   gemm_backends_agree<float>(1000, 768, 768, false, true, cuda::GemmBackend::TensorCore, cuda::GemmBackend::Cublas,
+                             kTf32, worst);
+  // a dW-like float product (TN, long K: split-K with the workspace)
+  gemm_backends_agree<float>(768, 768, 4096, true, false, cuda::GemmBackend::TensorCore, cuda::GemmBackend::Cublas,
                              kTf32, worst);
 }
 
@@ -428,22 +496,85 @@ void attention_case(const AttnCase& c, cuda::AttentionKernel kernel, uint64_t se
 }
 }  // namespace
 
-CLIPCU_GPU_TEST("cuda attention: both kernels, forward and backward against the CPU") {
-  // small runs: the first 6 (every tile width, causal and Tq != Tk still covered)
+CLIPCU_GPU_TEST("cuda attention: every kernel, forward and backward against the CPU") {
+  // small runs: the first 6 (every tile width, causal and Tq != Tk still covered). TensorCore:
+  // Tk <= 128 is the fused one-kernel backward, Tk > 128 (130, 257, 300) the key-block kernel +
+  // the dQ kernel; D 5 and 7 take the unaligned (scalar) loads, D 80 / 96 / 48 zero-padded tiles.
   const std::vector<AttnCase> cases = maybe_small<AttnCase>(
       {
           {1, 1, 1, 1, 8, false},   {2, 3, 7, 7, 16, true},   {1, 2, 33, 65, 128, false}, {2, 1, 1, 50, 64, false},
           {2, 2, 31, 5, 80, false}, {1, 2, 40, 40, 64, true}, {2, 2, 50, 50, 64, false},  {1, 2, 77, 77, 64, true},
-          {1, 1, 300, 300, 32, true}, {3, 2, 17, 17, 48, false}, {1, 1, 64, 64, 96, true},
+          {1, 1, 300, 300, 32, true}, {3, 2, 17, 17, 48, false}, {1, 1, 64, 64, 96, true}, {1, 1, 257, 257, 64, true},
+          {1, 2, 200, 130, 64, false}, {2, 1, 7, 7, 5, true},   {1, 1, 129, 129, 128, false}, {1, 1, 77, 77, 128, true},
+          {1, 1, 1, 1, 64, true},   {1, 1, 130, 7, 32, false}, {1, 1, 50, 50, 7, false},
       },
       6);
   WorstError wf{"attention forward", 0.0, {}}, wb{"attention backward", 0.0, {}};
   uint64_t seed = 100;
   for (const AttnCase& c : cases)
-    for (cuda::AttentionKernel k : {cuda::AttentionKernel::Simple, cuda::AttentionKernel::Tiled}) {
-      attention_case<float>(c, k, seed++, wf, wb);
+    for (cuda::AttentionKernel k :
+         {cuda::AttentionKernel::Simple, cuda::AttentionKernel::Tiled, cuda::AttentionKernel::TensorCore}) {
+      // TensorCore with float storage runs Tiled: tested once, as Tiled
+      if (k != cuda::AttentionKernel::TensorCore) attention_case<float>(c, k, seed++, wf, wb);
       attention_case<bf16>(c, k, seed++, wf, wb);
     }
+}
+
+// The tensor-core backward's single-owner paths: dQ alone, dK alone, bitwise repeats, and dq, dk,
+// dv all in one buffer (self-attention on one tensor), for a fused head (T 50) and a split one
+// (T 150: key blocks + the dQ kernel).
+CLIPCU_GPU_TEST("cuda attention: tensor-core backward skips null gradients, repeats bit for bit, allows aliasing") {
+  WorstError wb{"attention backward (tensorcore paths)", 0.0, {}};
+  for (const int64_t T : {50, 150}) {
+    cuda::AttentionShape s;
+    s.B = 2, s.H = 3, s.Tq = T, s.Tk = T, s.D = 64, s.causal = T == 150, s.kernel = cuda::AttentionKernel::TensorCore;
+    const size_t n = size_t(s.B * s.H * s.Tq * s.D), nl = size_t(s.B * s.H * s.Tq);
+    Rng rng(uint64_t(11 + T));
+    const std::vector<double> q = stored<bf16>(randn(n, rng)), k = stored<bf16>(randn(n, rng)),
+                              v = stored<bf16>(randn(n, rng)), dout = stored<bf16>(randn(n, rng)),
+                              g0 = stored<bf16>(randn(n, rng, 0.5));
+    cpu::AttentionParams cp;
+    cp.B = s.B, cp.H = s.H, cp.Tq = s.Tq, cp.Tk = s.Tk, cp.D = s.D, cp.causal = s.causal;
+    cp.variant = cpu::AttentionVariant::Rowwise;
+    std::vector<double> out(n), lse(nl), dq(n, 0.0), dk(n, 0.0), all = g0;
+    cpu::attention_forward<double>(cp, q.data(), k.data(), v.data(), out.data(), lse.data());
+    cpu::attention_backward<double>(cp, q.data(), k.data(), v.data(), out.data(), lse.data(), dout.data(), dq.data(),
+                                    nullptr, nullptr);
+    cpu::attention_backward<double>(cp, q.data(), k.data(), v.data(), out.data(), lse.data(), dout.data(), nullptr,
+                                    dk.data(), nullptr);
+    cpu::attention_backward<double>(cp, q.data(), k.data(), v.data(), out.data(), lse.data(), dout.data(), all.data(),
+                                    all.data(), all.data());
+
+    DevBuf<bf16> gq = upload<bf16>(q), gk = upload<bf16>(k), gv = upload<bf16>(v), gdo = upload<bf16>(dout), gout(n);
+    DevBuf<float> glse(nl), ws(cuda::attention_backward_workspace_floats(s));
+    const std::vector<double> zeros(n, 0.0);
+    DevBuf<bf16> dq1 = upload<bf16>(zeros), dq2 = upload<bf16>(zeros), dk1 = upload<bf16>(zeros),
+                 dk2 = upload<bf16>(zeros), gall = upload<bf16>(g0);
+    cuda::AttentionArgs<bf16> a;
+    a.q = gq.get(), a.k = gk.get(), a.v = gv.get(), a.out = gout.get(), a.lse = glse.get(), a.dout = gdo.get();
+    a.workspace = ws.get();
+    cuda::attention_forward(s, a, cuda::current_stream());
+    const std::string label = "tensorcore bf16 T" + std::to_string(T) + (s.causal ? " causal" : "");
+    INFO(label);
+    a.dq = dq1.get();  // dq only
+    cuda::attention_backward(s, a, cuda::current_stream());
+    a.dq = dq2.get();
+    cuda::attention_backward(s, a, cuda::current_stream());
+    const std::vector<double> r1 = read(dq1), r2 = read(dq2);
+    CHECK(std::memcmp(r1.data(), r2.data(), n * sizeof(double)) == 0);
+    expect_close(r1, dq, kBf16, label + " dq alone", wb);
+    a.dq = nullptr, a.dk = dk1.get();  // dk only (dv null)
+    cuda::attention_backward(s, a, cuda::current_stream());
+    a.dk = dk2.get();
+    cuda::attention_backward(s, a, cuda::current_stream());
+    const std::vector<double> k1 = read(dk1), k2 = read(dk2);
+    CHECK(std::memcmp(k1.data(), k2.data(), n * sizeof(double)) == 0);
+    expect_close(k1, dk, kBf16, label + " dk alone", wb);
+    CHECK(rel_err(read(dq1), r1) == 0);  // dq was left alone
+    a.dq = a.dk = a.dv = gall.get();     // one buffer for all three
+    cuda::attention_backward(s, a, cuda::current_stream());
+    expect_close(read(gall), all, kBf16, label + " dq = dk = dv", wb);
+  }
 }
 
 CLIPCU_GPU_TEST("cuda attention: backward skips null gradients and is deterministic") {

@@ -14,24 +14,43 @@
 //
 // Backends (GemmBackend), all behind this one call:
 //   Simple:     SIMT tiles of 64 x 64 in shared memory, 4 x 4 outputs per thread (the reference).
-//   TensorCore: mma.sync tiles of 128 x 128, 8 warps of 64 x 32, cp.async multi-stage pipeline;
-//               bf16 uses m16n8k16, float uses TF32 m16n8k8 (inputs rounded to TF32: about 1e-3
-//               relative error, not float32 accuracy).
+//   TensorCore: mma.sync with warp tiles of 64 x 64 (block tiles 128 x 256 or 128 x 128, picked
+//               per shape), ldmatrix fragment loads from XOR-swizzled shared memory, a 4-stage
+//               cp.async pipeline, an epilogue staged through shared memory (coalesced stores),
+//               and a deterministic split-K (float partials in `workspace`, added in a fixed
+//               order by a second pass) for the tiles that would only partly fill the last wave
+//               of blocks (all tiles when M x N is small, as in dW), when a workspace is given.
+//               bf16 uses m16n8k16; float uses TF32 m16n8k8 (inputs rounded to TF32: about
+//               1e-3 relative error, not float32 accuracy).
 //   Cublas:     cublasLtMatmul (bias fused), falling back to cublasGemmEx when the heuristic
 //               finds no algorithm; the other epilogue steps run as one elementwise pass.
+//   TensorCoreScalar: the first tensor-core kernel (128 x 128 tiles, 8 warps of 64 x 32, scalar
+//               shared-memory fragment loads, 3-stage cp.async), kept as a verified fallback
+//               until the GPU check has validated TensorCore; same accuracy as TensorCore.
 #pragma once
 #include <cublasLt.h>
 #include <cublas_v2.h>
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "kernels/cuda/common/types.h"
 
 namespace clipcu::cuda {
 
-enum class GemmBackend { Simple, TensorCore, Cublas };
+// New values go at the end (the numbering of the existing ones stays).
+enum class GemmBackend { Simple, TensorCore, Cublas, TensorCoreScalar };
 const char* gemm_backend_name(GemmBackend b);
+
+// Every backend this build can run on the given device, in enum order (tests and benchmarks
+// iterate over it; a backend that needs a newer GPU than `device` is left out).
+std::vector<GemmBackend> gemm_backends(int device = 0);
+
+// Whether the backend rounds float inputs to TF32 (accuracy about 1e-3 instead of float32's).
+inline bool gemm_backend_uses_tf32(GemmBackend b) {
+  return b == GemmBackend::TensorCore || b == GemmBackend::TensorCoreScalar;
+}
 
 template <class T>
 struct GemmParams {
@@ -51,6 +70,9 @@ struct GemmParams {
   // Cublas backend: handles and workspace from the runtime (engine/cuda_runtime.h).
   cublasLtHandle_t lt = nullptr;
   cublasHandle_t cublas = nullptr;  // for the cublasGemmEx fallback (may be nullptr)
+  // Scratch for cuBLASLt, and for the TensorCore backend's split-K partial sums (float, splits
+  // x 128 x 256 per split tile; it only splits as far as a 16-byte aligned workspace allows,
+  // not at all without one). Only used by this call, in stream order.
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
   bool allow_tf32 = true;  // Cublas backend, float: TF32 tensor cores (false: full float32)
@@ -59,6 +81,24 @@ struct GemmParams {
 // Validates the sizes and pointers (throws clipcu::Error) and enqueues the product on stream.
 template <class T>
 void gemm(const GemmParams<T>& p, cudaStream_t stream);
+
+// How the TensorCore backend computes this product on the current device: its block tile, the
+// tiles computed whole and those cut into `splits` pieces along K (split-K, into the
+// workspace). For tests (which check that every path ran) and benchmark labels.
+struct GemmTensorCorePlan {
+  int block_m = 0, block_n = 0;
+  int64_t whole_tiles = 0, split_tiles = 0;
+  int splits = 1;
+};
+template <class T>
+GemmTensorCorePlan gemm_tensorcore_plan(const GemmParams<T>& p);
+
+// Test hook: the TensorCore backend with a given plan instead of its own choice (block tile
+// 128 x 256 or 128 x 128; the first whole_tiles tiles whole, the others in `splits` pieces
+// along K, fewer when K has fewer steps; split_tiles is ignored). Split tiles need the
+// workspace. Throws clipcu::Error on a plan it cannot run.
+template <class T>
+void gemm_tensorcore_with_plan(const GemmParams<T>& p, const GemmTensorCorePlan& plan, cudaStream_t stream);
 
 // The elementwise epilogue alone, on C that already holds alpha op(A) op(B) (+ beta C):
 // bias, pre_act, act, residual as above (used by the Cublas backend, exposed for tests).
