@@ -64,6 +64,7 @@ class CachingAllocator {
   void free(void* p);          // p must come from allocate(); nullptr is ignored
   void empty_cache();          // cudaFree of every cached block (after synchronizing the device)
   AllocatorStats stats() const;
+  void reset_peak();           // peak_in_use_bytes = in_use_bytes (to measure one phase's peak)
   static size_t size_class(size_t bytes);  // the rounded size a request gets
 
  private:

@@ -25,7 +25,10 @@ struct Run {
 
 Run embed(const std::string& args) {
   Run r;
-  r.status = run_command(clipcu_binary() + " embed " + args, &r.output);
+  // --device cpu unless the test names a device: the CPU oracle (on a GPU machine auto would
+  // pick the GPU)
+  const bool names_device = args.find("--device") != std::string::npos;
+  r.status = run_command(clipcu_binary() + " embed " + (names_device ? "" : "--device cpu ") + args, &r.output);
   return r;
 }
 
@@ -159,12 +162,12 @@ TEST_CASE("clipcu embed: --image and --text through CLIP's preprocessing and tok
   check_close(st::File::open(dir + "/text.safetensors").get("text_features"),
               st::File::open(dir + "/ids.safetensors").get("text_features"), 0.0, "--text vs the reference token ids");
   // the vocabulary also comes from $CLIPCU_VOCAB, and its absence is a clear error
-  r.status = run_command("CLIPCU_VOCAB=" + vocab_path() + " " + clipcu_binary() + " embed --weights " + weights +
+  r.status = run_command("CLIPCU_VOCAB=" + vocab_path() + " " + clipcu_binary() + " embed --device cpu --weights " + weights +
                              " --text 'a dog' --out " + dir + "/env.safetensors",
                          &r.output);
   CHECK_MESSAGE(r.status == 0, r.output);
   Run no_vocab;
-  no_vocab.status = run_command("env -u CLIPCU_VOCAB " + clipcu_binary() + " embed --weights " + weights +
+  no_vocab.status = run_command("env -u CLIPCU_VOCAB " + clipcu_binary() + " embed --device cpu --weights " + weights +
                                     " --text 'a dog' --out " + dir + "/none.safetensors",
                                 &no_vocab.output);
   CHECK(no_vocab.status == 1);

@@ -47,7 +47,8 @@ std::map<std::string, Tensor> inspect_golden(const std::string& model, bool trai
   const std::string dir = test::temp_dir("inspect_" + model);
   const std::string out = dir + "/dump.safetensors";
   const std::string io = test::golden_path(model + ".io.safetensors");
-  const std::string cmd = test::clipcu_binary() + " inspect --config " + test::golden_path(model + ".config.json") +
+  // --device cpu: the CPU oracle (on a GPU machine auto would pick the GPU)
+  const std::string cmd = test::clipcu_binary() + " inspect --device cpu --config " + test::golden_path(model + ".config.json") +
                           " --weights " + test::golden_path(model + ".weights.safetensors") + " --pixels " + io +
                           " --tokens " + io + (train_step ? " --train-step" : "") + extra + " --out " + out;
   std::string log;
@@ -228,7 +229,7 @@ TEST_CASE("inspect --match keeps only the matching names and compare checks the 
   const std::string dir = test::temp_dir("inspect_compare");
   const std::string io = test::golden_path(model + ".io.safetensors");
   std::string log;
-  REQUIRE(test::run_command(test::clipcu_binary() + " inspect --config " + test::golden_path(model + ".config.json") +
+  REQUIRE(test::run_command(test::clipcu_binary() + " inspect --device cpu --config " + test::golden_path(model + ".config.json") +
                                 " --weights " + test::golden_path(model + ".weights.safetensors") + " --pixels " + io +
                                 " --tokens " + io + " --train-step --match 'grad:*' --out " + dir + "/g.safetensors",
                             &log) == 0);
@@ -274,7 +275,7 @@ TEST_CASE("graph of a hand-built tape: clusters per module and collapsed blocks 
 
 TEST_CASE("clipcu graph on the tiny ViT: DOT with module clusters and one box per block and an SVG through dot") {
   const std::string dir = test::temp_dir("graph");
-  const std::string base = test::clipcu_binary() + " graph --config " + test::golden_path("clip_vit_tiny.config.json") +
+  const std::string base = test::clipcu_binary() + " graph --device cpu --config " + test::golden_path("clip_vit_tiny.config.json") +
                            " --depth 3 --train-step";
   std::string log;
   REQUIRE_MESSAGE(test::run_command(base + " --format dot --out " + dir + "/g.dot", &log) == 0, log);

@@ -159,7 +159,7 @@ TEST_CASE("peak table: dense bf16 by GPU name") {
 TEST_CASE("clipcu profile on the tiny ViT: every linear and vision attention has the formula's FLOPs") {
   const std::string dir = test::temp_dir("profile");
   const std::string json = dir + "/p.json";
-  const std::string cmd = test::clipcu_binary() + " profile --config " +
+  const std::string cmd = test::clipcu_binary() + " profile --device cpu --config " +
                           test::golden_path("clip_vit_tiny.config.json") + " --batch 3 --warmup 0 --json " + json;
   std::string out;
   REQUIRE_MESSAGE(test::run_command(cmd, &out) == 0, out);

@@ -58,7 +58,9 @@ const TinyData& tiny_data() {
 }
 
 std::string base_args(const TinyData& d, const std::string& logs, const std::string& name) {
-  return "train --model " + q(d.dir + "/model.json") + " --train-data " + q(d.train_csv) + " --vocab " + q(d.vocab) +
+  // --device cpu: these are the CPU oracle's tests (on a GPU machine auto would pick the GPU;
+  // tests/test_cuda_models.cpp runs the trainer there)
+  return "train --device cpu --model " + q(d.dir + "/model.json") + " --train-data " + q(d.train_csv) + " --vocab " + q(d.vocab) +
          " --batch-size 32 --lr 2e-3 --warmup 5 --workers 2 --seed 5 --quiet --logs " + q(logs) + " --name " + name;
 }
 
@@ -94,7 +96,7 @@ TEST_CASE("train on tiny shapes data: the loss falls well below ln(batch), zero-
   CHECK(fs::exists(logs + "/run/weights.safetensors"));
   CHECK(fs::exists(logs + "/run/params.json"));
   // the weights load in `embed`-style consumers: evaluate them through the eval command
-  rc = run_clipcu("eval --weights " + q(logs + "/run/weights.safetensors") + " --data " + q(d.val_csv) + " --vocab " +
+  rc = run_clipcu("eval --device cpu --weights " + q(logs + "/run/weights.safetensors") + " --data " + q(d.val_csv) + " --vocab " +
                   q(d.vocab) + " --out " + q(logs + "/eval.json"),
               &out);
   REQUIRE_MESSAGE(rc == 0, out);
@@ -188,7 +190,7 @@ static void check_cli_parity(const std::string& tag) {
   const st::File& io = test::golden(tag + ".io.safetensors");
   std::string dir = test::temp_dir("train_cli_parity_" + tag), out;
   st::save(dir + "/batch.safetensors", {{"images", io.get("input.images")}, {"tokens", io.get("input.text")}});
-  std::string args = "train --model " + q(test::golden_path(tag + ".config.json")) + " --pretrained " +
+  std::string args = "train --device cpu --model " + q(test::golden_path(tag + ".config.json")) + " --pretrained " +
                      q(test::golden_path(tag + ".weights.safetensors")) + " --train-data " + q(dir + "/batch.safetensors") +
                      " --batch-size 5 --steps 3 --lr 5e-4 --lr-scheduler const --warmup 0 --wd 0.2 --beta1 0.9"
                      " --beta2 0.98 --eps 1e-6 --no-augment --log-every-n-steps 1 --quiet --logs " + q(dir) + " --name run";

@@ -36,7 +36,7 @@ void check_fixture(const std::string& name, DType weights_dtype) {
   const std::string dir = temp_dir("unseen_" + name);
   const std::string out_path = dir + "/out.safetensors";
   std::string output;
-  const int status = run_command(clipcu_binary() + " embed --config " + fixture(name + ".config.json") +
+  const int status = run_command(clipcu_binary() + " embed --device cpu --config " + fixture(name + ".config.json") +
                                      " --weights " + weights + " --pixels " + io_path + " --tokens " + io_path +
                                      " --out " + out_path,
                                  &output);

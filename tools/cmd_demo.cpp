@@ -13,6 +13,7 @@
 #include "engine/models/config.h"
 #include "engine/text/bpe_trainer.h"
 #include "engine/text/tokenizer.h"
+#include "engine/train/device_setup.h"
 #include "engine/train/evaluate.h"
 #include "engine/train/plot.h"
 #include "engine/train/search.h"
@@ -27,6 +28,7 @@ namespace fs = std::filesystem;
 struct DemoOptions {
   std::string out = "demo";
   std::string device = "auto";
+  std::string precision = "fp32";
   uint64_t seed = 0;
   int64_t n = 20000;  // images made (train + held-out)
   int image_size = 32;
@@ -48,6 +50,8 @@ std::string demo_config_json(int64_t vocab_size, int image_size) {
 
 int run_demo(const DemoOptions& o) {
   auto t_start = std::chrono::steady_clock::now();
+  // the flags are checked before anything is made (a clear error for --device cuda without a GPU)
+  const train::ComputeTarget target = train::resolve_target(o.device, o.precision);
   fs::create_directories(o.out);
   std::string data_dir = o.out + "/data";
   std::printf("clipcu demo -> %s\n", o.out.c_str());
@@ -98,6 +102,7 @@ int run_demo(const DemoOptions& o) {
   to.wd = 0.1;
   to.seed = o.seed;
   to.device = o.device;
+  to.precision = o.precision;
   to.workers = o.workers;
   to.augment = false;
   to.logs = o.out;
@@ -111,7 +116,7 @@ int run_demo(const DemoOptions& o) {
   to.classes = data::ShapesGenerator::class_names();
   to.templates = data::ShapesGenerator::prompt_templates();
   std::printf("[3/5] training %lld steps of %d on %s\n", static_cast<long long>(o.steps), o.batch,
-              o.device == "auto" ? "cpu" : o.device.c_str());
+              target.describe().c_str());
   train::TrainResult tr = train::train(to);
   if (tr.interrupted) return 130;
 
@@ -123,13 +128,19 @@ int run_demo(const DemoOptions& o) {
   metrics["batch_size"] = o.batch;
   metrics["final_loss"] = tr.final_loss;
   metrics["chance_top1"] = 1.0 / double(to.classes.size());
-  metrics["device"] = o.device == "auto" ? "cpu" : o.device;
+  metrics["device"] = target.device.str();
+  metrics["precision"] = target.precision;
+  if (target.device.is_cuda()) {
+    metrics["gpu"] = train::device_name(target.device);
+    metrics["gpu_peak_bytes"] = train::memory_stats(target.device).peak_bytes;
+  }
   std::printf("[4/5] held-out: zero-shot top-1 %.3f top-5 %.3f, image->text R@1 %.3f, text->image R@1 %.3f\n",
               metrics.value("zeroshot_top1", 0.0), metrics.value("zeroshot_top5", 0.0), metrics.value("i2t_r1", 0.0),
               metrics.value("t2i_r1", 0.0));
 
   // 5. report
   auto model = models::load_clip(tr.weights_path);
+  train::move_model(*model, target);
   auto val_ds = data::open_dataset(shapes.val_spec);
   std::vector<std::string> val_paths;
   for (size_t i = 0; i < std::min<size_t>(val_ds->size(), 600); ++i) val_paths.push_back(val_ds->name(i));
@@ -140,7 +151,7 @@ int run_demo(const DemoOptions& o) {
   std::vector<train::ResultRow> rows;
   {
     NoGradGuard ng;
-    Tensor f = model->encode_text(tok.tokenize_batch(queries, model->config().text.context_length));
+    Tensor f = model->encode_text(tok.tokenize_batch(queries, model->config().text.context_length)).to(Device::cpu());
     for (size_t i = 0; i < queries.size(); ++i) rows.push_back({queries[i], train::top_k(idx, f.rows(int64_t(i), 1), 6)});
   }
   train::write_results_html(o.out + "/retrieval.html", "clipcu demo: text -> image retrieval on held-out shapes", idx, rows);
@@ -170,7 +181,9 @@ int run_demo(const DemoOptions& o) {
 Command demo_cmd("demo", "The main job: make shapes data, train a small CLIP, evaluate, write a report", [](CLI::App& app) {
   auto o = std::make_shared<DemoOptions>();
   app.add_option("--out", o->out, "report folder")->capture_default_str();
-  app.add_option("--device", o->device, "auto | cpu | cuda")->capture_default_str();
+  app.add_option("--device", o->device, "auto (a GPU when one answers, else the CPU) | cpu | cuda[:N]")
+      ->capture_default_str();
+  app.add_option("--precision", o->precision, "fp32 | bf16 (GPU only)")->capture_default_str();
   app.add_option("--seed", o->seed, "seed of data, initialization and shuffling")->capture_default_str();
   app.add_option("--n", o->n, "images to make (10% held out)")->capture_default_str();
   app.add_option("--image-size", o->image_size, "image size in pixels")->capture_default_str();

@@ -2,7 +2,7 @@
 //
 //   clipcu embed --config C.json --weights W.safetensors [--pixels P.safetensors]
 //                [--tokens T.safetensors] [--image FILE]... [--text STR]... [--vocab V]
-//                [--device cpu|cuda] [--batch-size N] --out OUT.safetensors
+//                [--device auto|cpu|cuda] [--precision fp32|bf16] [--batch-size N] --out OUT.safetensors
 //
 // Writes image_features [N, E] and text_features [M, E] (projected, before normalization) and,
 // when both towers ran, logits_per_image [N, M] = exp(logit_scale) * cosine similarities.
@@ -24,6 +24,7 @@
 #include "engine/models/checkpoint.h"
 #include "engine/ops.h"
 #include "engine/text/tokenizer.h"
+#include "engine/train/device_setup.h"
 #include "tools/command.h"
 #include "weights/safetensors.h"
 
@@ -31,7 +32,7 @@ namespace clipcu::tools {
 namespace {
 
 struct EmbedArgs {
-  std::string config, weights, pixels, tokens, vocab, out, device = "cpu";
+  std::string config, weights, pixels, tokens, vocab, out, device = "auto", precision = "fp32";
   std::vector<std::string> images, texts;
   int64_t batch_size = 64;
 };
@@ -86,22 +87,23 @@ Tensor gather_tokens(const EmbedArgs& a, int64_t context_length) {
 }
 
 // Runs `encode` over `x` in chunks of batch_size rows; the results stacked on the host.
-template <class F> Tensor encode_in_batches(const Tensor& x, int64_t batch_size, Device device, F&& encode) {
+// (The model brings each chunk to its device and type: nn::to_model_input.)
+template <class F> Tensor encode_in_batches(const Tensor& x, int64_t batch_size, F&& encode) {
   std::vector<Tensor> outs;
   for (int64_t start = 0; start < x.size(0); start += batch_size) {
     const int64_t n = std::min(batch_size, x.size(0) - start);
-    outs.push_back(encode(x.rows(start, n).to(device)).to(Device::cpu()));
+    outs.push_back(encode(x.rows(start, n)).to(Device::cpu()).to(DType::F32));
   }
   return outs.size() == 1 ? outs[0] : ops::concat(outs, 0);
 }
 
 int run_embed(const EmbedArgs& a) {
-  const Device device = parse_device(a.device);
+  const train::ComputeTarget target = train::resolve_target(a.device, a.precision);
   CLIPCU_CHECK(!a.pixels.empty() || !a.tokens.empty() || !a.images.empty() || !a.texts.empty(),
                "embed: nothing to embed (give --pixels, --image, --tokens or --text)");
   std::unique_ptr<models::CLIP> model = models::load_clip(a.weights, a.config);
   model->eval();
-  model->to(device);
+  train::move_model(*model, target);
   NoGradGuard no_grad;
   const models::ModelConfig& cfg = model->config();
 
@@ -110,11 +112,11 @@ int run_embed(const EmbedArgs& a) {
   st::NamedTensors out;
   Tensor fi, ft;
   if (images.defined()) {
-    fi = encode_in_batches(images, a.batch_size, device, [&](const Tensor& x) { return model->encode_image(x); });
+    fi = encode_in_batches(images, a.batch_size, [&](const Tensor& x) { return model->encode_image(x); });
     out.emplace_back("image_features", fi);
   }
   if (tokens.defined()) {
-    ft = encode_in_batches(tokens, a.batch_size, device, [&](const Tensor& x) { return model->encode_text(x); });
+    ft = encode_in_batches(tokens, a.batch_size, [&](const Tensor& x) { return model->encode_text(x); });
     out.emplace_back("text_features", ft);
   }
   if (fi.defined() && ft.defined()) {
@@ -139,7 +141,11 @@ Command embed_cmd("embed", "CLIP features of images and texts (image_features, t
                     app.add_option("--image", a->images, "an image file (repeatable)");
                     app.add_option("--text", a->texts, "a text (repeatable)");
                     app.add_option("--vocab", a->vocab, "BPE merges file for --text; default $CLIPCU_VOCAB");
-                    app.add_option("--device", a->device, "cpu or cuda[:N]")->default_val("cpu");
+                    app.add_option("--device", a->device,
+                                   "auto (a GPU when one answers, else the CPU), cpu or cuda[:N]")
+                        ->default_val("auto");
+                    app.add_option("--precision", a->precision, "fp32, or bf16 (GPU only); features are saved as F32")
+                        ->default_val("fp32");
                     app.add_option("--batch-size", a->batch_size, "rows per forward pass")
                         ->default_val(64)
                         ->check(CLI::Range(int64_t(1), int64_t(1) << 20));

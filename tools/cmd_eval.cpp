@@ -6,6 +6,7 @@
 #include "engine/data/shapes.h"
 #include "engine/models/checkpoint.h"
 #include "engine/text/tokenizer.h"
+#include "engine/train/device_setup.h"
 #include "engine/train/evaluate.h"
 #include "engine/train/trainer.h"
 #include "tools/command.h"
@@ -17,7 +18,7 @@ namespace fs = std::filesystem;
 
 Command eval_cmd("eval", "Zero-shot classification and image<->text retrieval on a dataset", [](CLI::App& app) {
   struct Opts {
-    std::string weights, config, data, classes, templates, vocab, out;
+    std::string weights, config, data, classes, templates, vocab, out, device = "auto", precision = "fp32";
     data::CsvOptions csv;
     train::EvalOptions eval;
   };
@@ -35,9 +36,14 @@ Command eval_cmd("eval", "Zero-shot classification and image<->text retrieval on
   app.add_option("--workers", o->eval.workers, "data loading threads")->capture_default_str();
   app.add_option("--max-samples", o->eval.max_samples, "evaluate at most N samples (0: all)");
   app.add_option("--out", o->out, "write the metrics as JSON here");
+  app.add_option("--device", o->device, "auto (a GPU when one answers, else the CPU) | cpu | cuda[:N]")
+      ->capture_default_str();
+  app.add_option("--precision", o->precision, "fp32 | bf16 (GPU only)")->capture_default_str();
   return [o]() {
     std::string cfg = o->config.empty() ? "" : train::find_model_config(o->config);
+    const train::ComputeTarget target = train::resolve_target(o->device, o->precision);
     auto model = models::load_clip(o->weights, cfg);
+    train::move_model(*model, target);
     text::Tokenizer tok(text::resolve_vocab_path(o->vocab));
     int64_t ctx = model->config().text.context_length;
     data::TokenizeFn tokenize = [&tok, ctx](const std::string& s) { return tok.tokenize(s, ctx); };

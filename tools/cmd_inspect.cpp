@@ -48,7 +48,8 @@ int run_inspect(InspectArgs& a) {
     st::save(a.out, dump,
              {{"mode", a.m.train_step ? "train-step" : "inference"},
               {"weights", a.m.weights},
-              {"device", a.m.device},
+              {"device", model->logit_scale.device().str()},
+              {"precision", a.m.precision},
               {"match", patterns.empty() ? "*" : patterns},
               {"names", "docs/inspect.md"},
               {models::kConfigMetadataKey, models::config_to_string(model->config())}});

@@ -1,6 +1,7 @@
 // clipcu profile: the per-op profile of one training step (forward, contrastive loss, backward).
 //
-//   clipcu profile --config C.json [--weights W] [--batch N] [--device cpu|cuda]
+//   clipcu profile --config C.json [--weights W] [--batch N] [--device auto|cpu|cuda]
+//                  [--precision fp32|bf16]
 //                  [--warmup K] [--depth D] [--top N] [--json OUT.json] [--peak-tflops P]
 //
 // Inputs are random (--batch, --seed) unless given as for `clipcu inspect`. For each op type,
@@ -16,6 +17,7 @@
 #include <string>
 
 #include "engine/profile.h"
+#include "engine/train/device_setup.h"
 #include "tools/command.h"
 #include "tools/inspect_cli.h"
 
@@ -56,15 +58,16 @@ int run_profile(ProfileArgs& a) {
   const inspect::StepResult r = inspect::run_step(*model, in, /*train_step=*/true);
   profile::StepProfile p = profile::profile_tape(tape(), r.seconds, a.depth);
   tape().clear();
-  const Device device = parse_device(a.m.device);
+  const Device device = model->logit_scale.device();
   if (device.is_cuda()) {
     p.gpu = true;
-    p.device = gpu_name(device.index);
+    p.device = train::device_name(device);
+    if (p.device.empty() || p.device == device.str()) p.device = gpu_name(device.index);
     if (p.device.empty()) p.device = device.str();
     p.peak_flops = a.peak_tflops > 0 ? a.peak_tflops * 1e12 : profile::peak_bf16_flops(p.device);
   }
-  std::printf("profile: one training step, batch %lld, %s, loss %.6f\n\n", (long long)in.images.size(0),
-              p.device.c_str(), r.loss.item());
+  std::printf("profile: one training step, batch %lld, %s, %s, loss %.6f\n\n", (long long)in.images.size(0),
+              p.device.c_str(), a.m.precision.c_str(), r.loss.item());
   std::fputs(profile::format_profile(p, a.top).c_str(), stdout);
   if (!a.json.empty()) {
     nlohmann::json j = profile::to_json(p);

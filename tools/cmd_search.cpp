@@ -8,6 +8,7 @@
 #include "engine/data/preprocess.h"
 #include "engine/models/checkpoint.h"
 #include "engine/text/tokenizer.h"
+#include "engine/train/device_setup.h"
 #include "engine/train/search.h"
 #include "engine/train/trainer.h"
 #include "tools/command.h"
@@ -17,7 +18,7 @@ namespace {
 
 Command search_cmd("search", "Index images once, then search them by text or image", [](CLI::App& app) {
   struct Opts {
-    std::string weights, config, index, vocab, html;
+    std::string weights, config, index, vocab, html, device = "auto", precision = "fp32";
     std::vector<std::string> images, texts, query_images;
     int batch = 64, k = 8;
   };
@@ -32,9 +33,14 @@ Command search_cmd("search", "Index images once, then search them by text or ima
   app.add_option("--batch-size", o->batch, "batch size for indexing")->capture_default_str();
   app.add_option("--vocab", o->vocab, "BPE merges for text queries (default: $CLIPCU_VOCAB)");
   app.add_option("--html", o->html, "write an HTML page of the results with thumbnails");
+  app.add_option("--device", o->device, "auto (a GPU when one answers, else the CPU) | cpu | cuda[:N]")
+      ->capture_default_str();
+  app.add_option("--precision", o->precision, "fp32 | bf16 (GPU only)")->capture_default_str();
   return [o]() {
     std::string cfg = o->config.empty() ? "" : train::find_model_config(o->config);
+    const train::ComputeTarget target = train::resolve_target(o->device, o->precision);
     auto model = models::load_clip(o->weights, cfg);
+    train::move_model(*model, target);
     model->eval();
     train::SearchIndex idx;
     if (!o->images.empty()) {
@@ -52,14 +58,14 @@ Command search_cmd("search", "Index images once, then search them by text or ima
     if (!o->texts.empty()) {
       text::Tokenizer tok(text::resolve_vocab_path(o->vocab));
       Tensor ids = tok.tokenize_batch(o->texts, model->config().text.context_length);
-      Tensor f = model->encode_text(ids.to(model->logit_scale.device())).to(Device::cpu());
+      Tensor f = model->encode_text(ids).to(Device::cpu());  // the text tower uploads the ids
       for (size_t i = 0; i < o->texts.size(); ++i)
         rows.push_back({o->texts[i], train::top_k(idx, f.rows(int64_t(i), 1), o->k)});
     }
     for (const auto& q : o->query_images) {
       int R = int(model->config().vision.image_size);
       Tensor x = data::preprocess(data::decode_image_file(q), R).view({1, 3, R, R});
-      Tensor f = model->encode_image(x.to(model->logit_scale.device())).to(Device::cpu());
+      Tensor f = model->encode_image(x).to(Device::cpu());  // brought to the model's device and type
       rows.push_back({q, train::top_k(idx, f, o->k)});
     }
     for (const auto& r : rows) {

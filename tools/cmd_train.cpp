@@ -43,9 +43,12 @@ Command train_cmd("train", "Train a CLIP model (open_clip's flags)", [](CLI::App
   app.add_option("--beta2", o->beta2, "AdamW beta2 (default: 0.98 ViT, 0.999 ResNet)");
   app.add_option("--eps", o->eps, "AdamW eps (default: 1e-6 ViT, 1e-8 ResNet)");
   app.add_option("--grad-clip-norm", o->grad_clip_norm, "clip the global gradient norm (0: off)")->capture_default_str();
-  app.add_option("--precision", o->precision, "fp32 | bf16 (bf16 needs the CUDA backend)")->capture_default_str();
+  app.add_option("--precision", o->precision,
+                 "fp32 | bf16 (GPU only: bf16 weights and activations, float32 master weights in AdamW)")
+      ->capture_default_str();
   app.add_option("--seed", o->seed, "seed for initialization, shuffling and augmentation")->capture_default_str();
-  app.add_option("--device", o->device, "auto | cpu | cuda[:N]")->capture_default_str();
+  app.add_option("--device", o->device, "auto (a GPU when one answers, else the CPU) | cpu | cuda[:N]")
+      ->capture_default_str();
   app.add_option("--workers", o->workers, "data loading threads")->capture_default_str();
   app.add_flag("!--no-augment", o->augment, "preprocess training images as for evaluation");
   app.add_option("--logs", o->logs, "folder of runs")->capture_default_str();

@@ -9,12 +9,13 @@
 #include "engine/models/checkpoint.h"
 #include "engine/models/clip.h"
 #include "engine/models/config.h"
+#include "engine/train/device_setup.h"
 #include "engine/train/inspect.h"
 
 namespace clipcu::tools {
 
 struct ModelInputArgs {
-  std::string config, weights, device = "cpu";
+  std::string config, weights, device = "auto", precision = "fp32";
   inspect::InputSpec inputs;
   bool train_step = false;
   uint64_t model_seed = 0;
@@ -27,7 +28,10 @@ inline void add_model_input_options(CLI::App& app, ModelInputArgs& a, int64_t de
       "--weights", a.weights,
       "safetensors weights or a HuggingFace CLIPModel directory (absent: random initialization, --init-seed)");
   app.add_option("--init-seed", a.model_seed, "seed of the random initialization when no --weights are given");
-  app.add_option("--device", a.device, "cpu, cuda or cuda:N");
+  app.add_option("--device", a.device, "auto (a GPU when one answers, else the CPU), cpu, cuda or cuda:N")
+      ->capture_default_str();
+  app.add_option("--precision", a.precision, "fp32, or bf16 (GPU only: bf16 weights and activations)")
+      ->capture_default_str();
   app.add_option("--pixels", a.inputs.pixels,
                  "images: safetensors FILE[:NAME] with [N, 3, R, R] normalized pixels (NAME defaults to pixels, "
                  "input.images or input.pixel_values)");
@@ -51,11 +55,7 @@ inline std::unique_ptr<models::CLIP> load_model(const ModelInputArgs& a) {
     CLIPCU_CHECK(!a.config.empty(), "give --config (and --weights, or the model is randomly initialized)");
     model = models::make_clip(models::load_config(a.config), a.model_seed);
   }
-  const Device device = parse_device(a.device);
-  if (!device.is_cpu()) {
-    model->to(device);
-    model->name_tensors();
-  }
+  train::move_model(*model, train::resolve_target(a.device, a.precision));
   return model;
 }
 

@@ -20,8 +20,17 @@ CLIP::CLIP(const ModelConfig& cfg) : cfg_(cfg), text_(cfg.text, cfg.embed_dim) {
   name_tensors();
 }
 
-Tensor CLIP::encode_image(const Tensor& images) { return visual_->forward(images); }
+Tensor CLIP::encode_image(const Tensor& images) {
+  // F32/F64 images for a CPU model of the same type pass as they are (a type mismatch there stays
+  // the op's error, as before); a GPU or bf16 model gets them converted and uploaded.
+  const Device d = logit_scale.device();
+  const DType t = logit_scale.dtype();
+  if (d.is_cpu() && t != DType::BF16) return visual_->forward(images.device() == d ? images : images.to(d));
+  return visual_->forward(nn::to_model_input(images, d, t));
+}
 
+// The text tower takes the ids where they are: host ids are checked and pooled on the host and
+// uploaded once (TextTransformer::forward).
 Tensor CLIP::encode_text(const Tensor& ids) { return text_.forward(ids); }
 
 Tensor CLIP::logits_per_image(const Tensor& image_features, const Tensor& text_features) const {

@@ -24,6 +24,9 @@ class CLIP : public nn::Module {
   // everything else 0); call initialize_parameters() to train from scratch, or load weights.
   explicit CLIP(const ModelConfig& cfg);
 
+  // Inputs may live anywhere: they are brought to the model's device, and images converted to
+  // the model's floating type (nn::to_model_input); features come back on the model's device,
+  // in its type. On the CPU nothing is copied or converted.
   Tensor encode_image(const Tensor& images);  // [N, 3, R, R] (normalized) -> [N, E]
   Tensor encode_text(const Tensor& ids);      // [M, T] token ids -> [M, E]
   // exp(logit_scale) * normalize(image) normalize(text)^T -> [N, M]. The scale enters as a

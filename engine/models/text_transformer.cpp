@@ -52,20 +52,25 @@ Tensor TextTransformer::forward(const Tensor& ids) {
   const int64_t B = ids.size(0), L = ids.size(1);
   CLIPCU_CHECK(B > 0 && L > 0 && L <= T, "TextTransformer: token ids " << shape_str(ids.shape())
                                                                       << " do not fit the context length " << T);
+  // The checks and the pooled positions need the ids on the host: ids given on the host (the
+  // trainer's batches) are read there and uploaded once; ids already on a device are read back.
+  const Tensor host_ids = ids.device().is_cpu() ? ids : ids.to(Device::cpu());
   {
-    std::vector<int64_t> v = ids.to_i64_vector();
+    std::vector<int64_t> v = host_ids.to_i64_vector();
     for (size_t i = 0; i < v.size(); ++i)
       CLIPCU_CHECK(v[i] >= 0 && v[i] < V, "TextTransformer: token id " << v[i] << " at [" << int64_t(i) / L << ", "
                                                                      << int64_t(i) % L
                                                                      << "] is outside the vocabulary (size " << V << ")");
   }
-  Tensor x = token_embedding.forward(ids);  // [B, L, W]
+  const Device device = token_embedding.weight.device();
+  const Tensor dev_ids = ids.device() == device ? ids : nn::to_model_input(ids, device, token_embedding.weight.dtype());
+  Tensor x = token_embedding.forward(dev_ids);  // [B, L, W]
   x = ops::add(x, L == T ? positional_embedding : ops::slice(positional_embedding, 0, 0, L));
   x = transformer.forward(x, /*causal=*/true);
   // ln_final normalizes each token on its own, so pooling first and normalizing the B pooled
   // rows gives OpenAI's numbers (normalize all, then pool) for 1/L of the work.
-  Tensor idx = pool_positions(ids);
-  if (!x.device().is_cpu()) idx = idx.to(x.device());
+  Tensor idx = pool_positions(host_ids);
+  if (!x.device().is_cpu()) idx = nn::to_model_input(idx, x.device(), x.dtype());
   x = ops::gather_rows(x, idx);             // [B, W]
   x = ln_final.forward(x);
   return ops::matmul(x, text_projection);   // [B, E]

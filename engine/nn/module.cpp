@@ -2,6 +2,10 @@
 
 #include <set>
 
+#ifdef CLIPCU_WITH_CUDA
+#include "engine/cuda_runtime.h"
+#endif
+
 namespace clipcu::nn {
 
 static std::string join(const std::string& prefix, const std::string& name) {
@@ -102,6 +106,29 @@ void Module::to(DType dtype) {
   });
 }
 
+void Module::to(Device device, DType dtype) {
+  CLIPCU_CHECK(is_floating(dtype), "Module::to: " << dtype_name(dtype) << " is not a floating type");
+  for_each_slot([&](Tensor& t, bool is_param) {
+    if (!is_floating(t.dtype()) || (t.dtype() == dtype && t.device() == device)) return;
+    std::string name = t.name();
+    Tensor h = t;
+    if (h.dtype() != dtype) h = h.to(Device::cpu()).to(dtype);  // convert where it is cheap and exact
+    t = h.to(device);
+    if (is_param) t.set_requires_grad(true);
+    if (!name.empty()) t.set_name(name);
+  });
+}
+
+Device Module::device() const {
+  NamedTensorList p = named_parameters();
+  return p.empty() ? Device::cpu() : p.front().second.device();
+}
+
+DType Module::dtype() const {
+  NamedTensorList p = named_parameters();
+  return p.empty() ? DType::F32 : p.front().second.dtype();
+}
+
 void Module::zero_grad() {
   for_each_slot([](Tensor& t, bool is_param) {
     if (is_param) t.zero_grad();
@@ -122,6 +149,23 @@ void Module::reset_parameters(Rng& rng) {
     c->reset_parameters(child);
   }
   reset_own_parameters(rng);
+}
+
+// ---------------------------------------------------------------- model inputs
+Tensor to_model_input(const Tensor& x, Device device, DType float_dtype) {
+  CLIPCU_CHECK(x.defined(), "model input: undefined tensor");
+  const bool convert = is_floating(x.dtype()) && x.dtype() != float_dtype;
+#ifdef CLIPCU_WITH_CUDA
+  if (x.device().is_cpu() && device.is_cuda()) {
+    Tensor d = Tensor::empty(x.shape(), x.dtype(), device);
+    if (x.nbytes() > 0) cuda::staging(device.index).upload(d.raw(), x.raw(), x.nbytes());
+    // float32 -> bf16 by the device's conversion kernel (Tensor::to): cheaper than the host
+    // loop, which would hold up the step's first kernels
+    return convert ? d.to(float_dtype) : d;
+  }
+#endif
+  const Tensor h = convert ? x.to(float_dtype) : x;
+  return h.device() == device ? h : h.to(device);
 }
 
 // ---------------------------------------------------------------- initialization helpers

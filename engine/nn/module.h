@@ -59,6 +59,16 @@ class Module {
   // The tensors are replaced, so take parameters() (or build an optimizer) after moving.
   void to(Device device);
   void to(DType dtype);
+  // Both at once: a tensor that changes type is converted on the host first, then copied, so a
+  // bf16 model on the GPU uploads half the bytes and needs no conversion kernel. Parameters keep
+  // requires_grad and their names; buffers are converted too (every floating input of one op
+  // shares one dtype, engine/ops.h), so BatchNorm's running statistics follow the model's type.
+  void to(Device device, DType dtype);
+
+  // The device and floating type of the parameters (the first parameter's; a module without
+  // parameters reports the CPU and F32). Inputs for a model go there (see to_model_input).
+  Device device() const;
+  DType dtype() const;
 
   // Drops every parameter's gradient.
   void zero_grad();
@@ -104,6 +114,15 @@ class ModuleScope {
  private:
   std::optional<NameScope> scope_;
 };
+
+// ---------------------------------------------------------------- model inputs
+// An input batch for a module on `device` computing in `float_dtype`: floating tensors are
+// converted to float_dtype, integer ones keep their type. From the host to a GPU the data goes
+// through the pinned staging buffers of engine/cuda_runtime.h (an asynchronous copy on the
+// current stream, so the host can go on preparing while the copy runs) and is converted there
+// (float32 -> bf16 by a kernel). Returns x itself when nothing changes (CPU training sees
+// exactly the tensors it was given).
+Tensor to_model_input(const Tensor& x, Device device, DType float_dtype);
 
 // ---------------------------------------------------------------- initialization helpers
 // In place, from the given stream (values drawn in float64, stored in the tensor's dtype).

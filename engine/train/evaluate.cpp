@@ -1,5 +1,6 @@
 #include "engine/train/evaluate.h"
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <sstream>
@@ -68,9 +69,21 @@ Tensor zeroshot_classifier(models::CLIP& model, const data::TokenizeFn& tokenize
       ids.insert(ids.end(), row.begin(), row.end());
     }
   int64_t n = int64_t(classes.size() * templates.size());
-  Tensor tokens = Tensor::from_ints(ids, {n, ctx}).to(model.logit_scale.device());
+  Tensor tokens = Tensor::from_ints(ids, {n, ctx});  // the text tower uploads them
   NoGradGuard ng;
-  Tensor feats = model.encode_text(tokens);
+  // the metrics run on the host in float32 (bf16 or GPU features are brought back first)
+  Tensor feats;
+  if (model.logit_scale.device().is_cpu()) {
+    feats = model.encode_text(tokens).to(DType::F32);
+  } else {
+    // classes x templates can be tens of thousands of prompts: bounded batches on a GPU
+    const int64_t chunk = 1024;
+    feats = Tensor::empty({n, model.config().embed_dim}, DType::F32);
+    for (int64_t at = 0; at < n; at += chunk) {
+      const int64_t m = std::min(chunk, n - at);
+      feats.rows(at, m).copy_from(model.encode_text(tokens.rows(at, m)).to(Device::cpu()).to(DType::F32));
+    }
+  }
   return class_embeddings(feats, int64_t(classes.size()), int64_t(templates.size()));
 }
 
@@ -102,8 +115,10 @@ EvalResult evaluate(models::CLIP& model, std::shared_ptr<const data::Dataset> da
     if (!b) break;
     int64_t take = std::min<int64_t>(b->size(), limit - r.n);
     if (take <= 0) break;
-    Tensor images = b->images.rows(0, take).to(dev);
-    Tensor tokens = b->tokens.rows(0, take).to(dev);
+    // images through the pinned staging buffers in the model's type; token ids stay on the host
+    // (the text tower checks and pools them there and uploads them)
+    Tensor images = nn::to_model_input(b->images.rows(0, take), dev, model.logit_scale.dtype());
+    Tensor tokens = b->tokens.rows(0, take);
     img.push_back(model.encode_image(images).to(Device::cpu()));
     txt.push_back(model.encode_text(tokens).to(Device::cpu()));
     for (int64_t i = 0; i < take; ++i) {

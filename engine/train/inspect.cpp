@@ -151,14 +151,16 @@ StepResult run_step(models::CLIP& model, const Inputs& in, bool train_step) {
                                                            << " texts");
   }
   const Device dev = model.logit_scale.device();
-  auto on_device = [&](const Tensor& t, const char* name) {
+  // Images go to the model's device in its type (bf16 models get bf16 pixels); token ids stay
+  // where they are (the text tower checks and pools them on the host and uploads them itself).
+  auto on_device = [&](const Tensor& t, const char* name, bool floating) {
     if (!t.defined()) return t;
-    Tensor d = t.to(dev);
+    Tensor d = floating ? nn::to_model_input(t, dev, model.logit_scale.dtype()) : t;
     if (d.name().empty()) d.set_name(name);
     return d;
   };
-  const Tensor images = on_device(in.images, "input.images");
-  const Tensor text = on_device(in.text, "input.text");
+  const Tensor images = on_device(in.images, "input.images", true);
+  const Tensor text = on_device(in.text, "input.text", false);
 
   tape().clear();
   model.train(train_step);

@@ -99,7 +99,8 @@ SearchIndex build_index(models::CLIP& model, const std::vector<std::string>& ima
     if (batch_pix.empty()) return;
     Tensor x = Tensor::empty({int64_t(batch_pix.size()), 3, R, R});
     for (size_t i = 0; i < batch_pix.size(); ++i) x.rows(int64_t(i), 1).copy_from(batch_pix[i].view({1, 3, R, R}));
-    parts.push_back(model.encode_image(x.to(model.logit_scale.device())).to(Device::cpu()));
+    // encode_image brings the batch to the model's device and type (pinned staging upload)
+    parts.push_back(model.encode_image(x).to(Device::cpu()));
     idx.paths.insert(idx.paths.end(), batch_paths.begin(), batch_paths.end());
     batch_paths.clear();
     batch_pix.clear();

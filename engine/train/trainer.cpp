@@ -10,6 +10,7 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <sstream>
 
@@ -21,9 +22,11 @@
 #include "engine/optim/schedule.h"
 #include "engine/text/tokenizer.h"
 #include "engine/train/checkpoint.h"
+#include "engine/train/device_setup.h"
 #include "engine/train/evaluate.h"
 #include "engine/train/progress.h"
 #include "weights/safetensors.h"
+#include "weights/state_dict.h"
 
 namespace clipcu::train {
 
@@ -104,6 +107,23 @@ StepBatch next_batch(TrainSource& src, int64_t step) {
   return b;
 }
 
+// The model's state as float32 host tensors under prefix + state-dict name: parameters from the
+// optimizer (a bf16 model's float32 masters), buffers converted; integer buffers as they are.
+// On the CPU in float32 these are the model's own tensors, as before.
+st::NamedTensors host_state(const models::CLIP& model, optim::AdamW& opt, const std::string& prefix) {
+  std::map<std::string, size_t> index;
+  for (size_t i = 0; i < opt.params().size(); ++i) index[opt.params()[i].name] = i;
+  st::NamedTensors out;
+  for (const auto& [name, t] : model.state_dict()) {
+    auto it = index.find(name);
+    Tensor v = it != index.end() ? opt.master(it->second) : t;
+    v = v.to(Device::cpu());
+    if (is_floating(v.dtype()) && v.dtype() != DType::F32 && v.dtype() != DType::F64) v = v.to(DType::F32);
+    out.emplace_back(prefix + name, v);
+  }
+  return out;
+}
+
 nlohmann::json options_json(const TrainOptions& o) {
   nlohmann::json j;
   j["model"] = o.model;
@@ -160,24 +180,9 @@ TrainResult train(const TrainOptions& o) {
   CLIPCU_CHECK(o.batch_size >= 1, "--batch-size must be at least 1, got " << o.batch_size);
   CLIPCU_CHECK(o.steps > 0 || o.epochs > 0, "give --steps or --epochs");
   CLIPCU_CHECK(!o.train_data.empty(), "no --train-data given");
-  CLIPCU_CHECK(o.precision == "fp32" || o.precision == "bf16",
-               "--precision must be fp32 or bf16, got '" << o.precision << "'");
-  // "auto" is the GPU when one answers and the CUDA training path exists; that path is not
-  // built yet, so auto means the CPU (with a note when a GPU sits idle).
-  Device device = o.device == "auto" ? Device::cpu() : parse_device(o.device);
-  if (o.device == "auto" && cuda_available() && !o.quiet)
-    std::fprintf(stderr, "clipcu: note: a GPU is present, but the CUDA training path is not built yet: training on the CPU\n");
-  CLIPCU_CHECK(device.is_cpu() || cuda_available(),
-               "--device " << o.device << ": no usable GPU (this build "
-                           << (
-#ifdef CLIPCU_WITH_CUDA
-                                  "has the CUDA backend but no GPU answered"
-#else
-                                  "has no CUDA backend"
-#endif
-                                  ")"));
-  CLIPCU_CHECK(device.is_cpu(), "training on " << device.str() << " needs the CUDA training path, which is not built yet: use --device cpu");
-  CLIPCU_CHECK(o.precision == "fp32", "--precision bf16 needs the CUDA backend; the CPU engine trains in fp32");
+  // auto: the GPU when one answers; errors name the reason (no GPU, no CUDA backend, bf16 on a CPU)
+  const ComputeTarget target = resolve_target(o.device, o.precision);
+  const Device device = target.device;
 
   // ---- model
   models::ModelConfig cfg = o.model_config ? *o.model_config : models::load_config(find_model_config(o.model));
@@ -188,8 +193,13 @@ TrainResult train(const TrainOptions& o) {
   } else {
     model = models::make_clip(cfg, o.seed);
   }
+  // The float32 values as loaded or initialized: a bf16 model's master weights start from them
+  // (handles to the host tensors, which move_model replaces in the model).
+  std::vector<Tensor> initial_values = model->parameters();
+  move_model(*model, target);
   model->train();
   const bool resnet = cfg.vision.resnet;
+  if (!o.quiet) std::fprintf(stderr, "clipcu: training on %s\n", target.describe().c_str());
 
   // ---- data
   TrainSource src;
@@ -258,7 +268,14 @@ TrainResult train(const TrainOptions& o) {
   ac.eps = o.eps >= 0 ? o.eps : (resnet ? 1e-8 : 1e-6);
   ac.weight_decay = o.wd;
   optim::AdamW opt(model->optimizer_params(), ac);
-  std::vector<Tensor> params = model->parameters();
+  if (opt.has_masters())
+    for (size_t i = 0; i < initial_values.size(); ++i) opt.set_value(i, initial_values[i]);
+  initial_values.clear();  // the host copies of a GPU model are not needed any more
+  initial_values.shrink_to_fit();
+  // parameter name -> optimizer index: checkpoints hold the optimizer's (master) weights
+  std::map<std::string, size_t> param_index;
+  for (size_t i = 0; i < opt.params().size(); ++i) param_index[opt.params()[i].name] = i;
+  const size_t logit_scale_index = opt.index_of("logit_scale");
 
   // ---- resume
   int64_t step = 0, skipped_total = 0;
@@ -277,8 +294,13 @@ TrainResult train(const TrainOptions& o) {
       Tensor v = c->tensors.get(key);
       CLIPCU_CHECK(v.shape() == t.shape(), "checkpoint '" << c->path << "': '" << key << "' is " << v.str()
                                                           << ", the model has " << t.str());
-      Tensor dst = t;
-      dst.copy_from(v);
+      auto pi = param_index.find(pname);
+      if (pi != param_index.end()) {
+        opt.set_value(pi->second, v);  // the parameter, and a bf16 model's float32 master
+      } else {
+        Tensor dst = t;
+        dst.copy_from(v);
+      }
     }
     for (size_t i = 0; i < opt.params().size(); ++i) {
       const std::string& pname = opt.params()[i].name;
@@ -324,6 +346,7 @@ TrainResult train(const TrainOptions& o) {
     pj["model_config"] = nlohmann::json::parse(models::config_to_string(cfg));
     pj["total_steps"] = total;
     pj["device"] = device.str();
+    if (device.is_cuda()) pj["gpu"] = device_name(device);
     write_file_atomic(result.run_dir + "/params.json", pj.dump(1) + "\n");
   }
   std::ofstream metrics(result.run_dir + "/metrics.jsonl", std::ios::app);
@@ -331,8 +354,7 @@ TrainResult train(const TrainOptions& o) {
 
   data::Position pos = start_pos;
   auto save_checkpoint = [&](int64_t at_step, int64_t consecutive) {
-    st::NamedTensors ts;
-    for (auto& [pname, t] : model->state_dict()) ts.emplace_back("model." + pname, t);
+    st::NamedTensors ts = host_state(*model, opt, "model.");
     for (size_t i = 0; i < opt.params().size(); ++i) {
       ts.emplace_back("optim.exp_avg." + opt.params()[i].name, opt.exp_avg()[i]);
       ts.emplace_back("optim.exp_avg_sq." + opt.params()[i].name, opt.exp_avg_sq()[i]);
@@ -383,7 +405,9 @@ TrainResult train(const TrainOptions& o) {
     auto t0 = std::chrono::steady_clock::now();
     double lr = optim::learning_rate(sc, step);
     StepBatch b = next_batch(src, step);
-    Tensor images = b.images.to(device), tokens = b.tokens.to(device);
+    // Images go to the device through the pinned staging buffers (and to bf16 there in bf16
+    // mode); the text tower reads the token ids on the host and uploads them.
+    Tensor images = nn::to_model_input(b.images, device, target.dtype), tokens = b.tokens;
     Tensor fi = model->encode_image(images);
     Tensor ft = model->encode_text(tokens);
     bool inject = std::find(o.inject_nan_steps.begin(), o.inject_nan_steps.end(), step) != o.inject_nan_steps.end();
@@ -398,15 +422,14 @@ TrainResult train(const TrainOptions& o) {
     double gnorm = NAN;
     if (ok) {
       backward(out.loss);
-      gnorm = o.grad_clip_norm > 0 ? optim::clip_grad_norm(params, o.grad_clip_norm) : optim::grad_norm(params);
+      gnorm = o.grad_clip_norm > 0 ? opt.clip_grad_norm(o.grad_clip_norm) : opt.grad_norm();
       ok = std::isfinite(gnorm);
     } else {
       tape().clear();
     }
     if (ok) {
       opt.step(lr);
-      if (model->logit_scale.item() > max_log_scale) model->logit_scale.fill(max_log_scale);
-      if (model->logit_scale.item() < 0) model->logit_scale.fill(0.0);
+      opt.clamp(logit_scale_index, 0.0, max_log_scale);  // on the master weight in bf16 mode
       consecutive_skips = 0;
       last_grad_norm = gnorm;
     } else {
@@ -437,7 +460,7 @@ TrainResult train(const TrainOptions& o) {
                                        << "(last at step " << step - 1 << "); the last good checkpoint in '"
                                        << ckpts.dir() << "' is intact. Try a lower --lr or --grad-clip-norm.");
     }
-    double scale = std::exp(model->logit_scale.item());
+    double scale = std::exp(opt.master(logit_scale_index).item());
     if (step % std::max<int64_t>(o.log_every_n_steps, 1) == 0 || step == total) {
       double mean_loss = window_steps ? window_loss / double(window_steps) : NAN;
       nlohmann::json j{{"kind", "train"},        {"step", step},           {"epoch", b.epoch},
@@ -445,6 +468,11 @@ TrainResult train(const TrainOptions& o) {
                        {"grad_norm", last_grad_norm},
                        {"samples_per_s", window_seconds > 0 ? double(window_samples) / window_seconds : 0.0},
                        {"skipped", skipped_total}};
+      if (device.is_cuda()) {
+        const MemoryStats ms = memory_stats(device);
+        j["gpu_peak_bytes"] = ms.peak_bytes;  // the caching allocator's high-water mark
+        j["gpu_mallocs"] = ms.device_mallocs;  // flat after the first step: no cudaMalloc in a step
+      }
       metrics << j.dump() << "\n" << std::flush;
       result.final_loss = mean_loss;
       window_loss = 0, window_steps = 0, window_samples = 0, window_seconds = 0;
@@ -452,8 +480,9 @@ TrainResult train(const TrainOptions& o) {
     if (!o.quiet) {
       char f[160];
       double sps = result.train_seconds > 0 ? double(run_steps) * double(o.batch_size) / result.train_seconds : 0.0;
-      std::snprintf(f, sizeof f, "%.0f samples/s loss %.4f lr %.2e scale %.1f%s", sps, loss, lr, scale,
-                    skipped_total ? (" skipped " + std::to_string(skipped_total)).c_str() : "");
+      std::string extra = skipped_total ? " skipped " + std::to_string(skipped_total) : "";
+      if (device.is_cuda()) extra += " mem " + format_bytes(memory_stats(device).peak_bytes);
+      std::snprintf(f, sizeof f, "%.0f samples/s loss %.4f lr %.2e scale %.1f%s", sps, loss, lr, scale, extra.c_str());
       progress.update(step, f);
     }
     bool epoch_end = per_epoch > 0 && step % per_epoch == 0;
@@ -489,8 +518,14 @@ TrainResult train(const TrainOptions& o) {
   result.steps = step;
   result.skipped_steps = skipped_total;
   result.weights_path = result.run_dir + "/weights.safetensors";
-  models::save_clip(*model, result.weights_path);
-  if (!o.quiet) std::fprintf(stderr, "wrote %s\n", result.weights_path.c_str());
+  // float32 on the host: the masters of a bf16 model, not their rounded copies
+  weights::save_state_dict(result.weights_path, host_state(*model, opt, ""), DType::F32,
+                           {{models::kConfigMetadataKey, models::config_to_string(cfg)}});
+  if (!o.quiet) {
+    if (device.is_cuda())
+      std::fprintf(stderr, "peak GPU memory %s (caching allocator)\n", format_bytes(memory_stats(device).peak_bytes).c_str());
+    std::fprintf(stderr, "wrote %s\n", result.weights_path.c_str());
+  }
   return result;
 }
 

@@ -15,6 +15,18 @@
 // Resuming (--resume latest|PATH) restores the parameters, BatchNorm buffers, AdamW moments and
 // step count, the loader position and the step counter: on the CPU a run stopped at step k and
 // resumed reaches the same parameters at step n, bit for bit, as an uninterrupted run.
+//
+// Devices (--device auto|cpu|cuda[:N], --precision fp32|bf16; engine/train/device_setup.h):
+// auto is the GPU when one answers. On a GPU the model, its optimizer state and every
+// activation live on the device; batches are uploaded through pinned staging buffers (images
+// converted to the model's type on the device; token ids are checked and pooled on the host by
+// the text tower and uploaded by it); the loss and the gradient norm are read back each
+// step (the NaN handling above is the same on both devices). bf16: parameters and activations
+// in bf16, float32 master weights in AdamW (the logit-scale clamp acts on the master). Memory
+// comes from the caching allocator: no cudaMalloc inside a step after the first; its peak is
+// logged (metrics gpu_peak_bytes, the progress line, the end of the run). Checkpoints and
+// weights.safetensors are always float32 on the host (a bf16 run saves its masters), so a run
+// resumes on another device or precision.
 #pragma once
 #include <cstdint>
 #include <functional>
