@@ -16,8 +16,9 @@
 #   --arch ARCHS   CMAKE_CUDA_ARCHITECTURES (default: the GPU's own, e.g. 90a on an H100)
 #   --budget S     the report is final after S seconds (default 470: within 8 minutes)
 #   --bench-budget S  seconds for bench/run_gpu_benchmarks.sh (default 150)
-#   --cuda-only    build only the CUDA tests and benchmarks; run those and the sanitizers (a
-#                  quick first look at the kernels; the CPU-only tests and benchmarks are left out)
+#   --cuda-only    build only the CUDA tests and benchmarks (and bench_step); run those and the
+#                  sanitizers (a quicker look at the GPU code; the CPU-only tests and benchmarks are
+#                  left out)
 # Files written (at most 8, flat, for the device tool's copy-back): report.md, build.log (the
 # environment, then configure and build), test_cuda.log, sanitizer.log, ctest.log, bench.log,
 # bench_table.md and bench_json.tgz (bench/run_gpu_benchmarks.sh's table and JSON).
@@ -179,8 +180,9 @@ else
   record configure PASS "$SECS" "$(grep -E 'clipcu: (CUDA|OpenBLAS)' "$OUTDIR/build.log" | sed 's/-- //' | tr '\n' ' ')"
   targets=(); what="all targets"
   if [ "$CUDA_ONLY" -eq 1 ]; then
-    # every test_cuda_* and bench_cuda_* program (names from the generator's target list)
-    mapfile -t cuda_targets < <(cmake --build "$BUILD" --target help 2>/dev/null | grep -oE '\b(test|bench)_cuda[a-z0-9_]*' | sort -u)
+    # every test_cuda_* and bench_cuda_* program and bench_step (its GPU steps), names from the
+    # generator's target list
+    mapfile -t cuda_targets < <(cmake --build "$BUILD" --target help 2>/dev/null | grep -oE '\b((test|bench)_cuda[a-z0-9_]*|bench_step)\b' | sort -u)
     [ ${#cuda_targets[@]} -gt 0 ] || cuda_targets=(test_cuda_ops bench_cuda_ops)
     targets=(--target "${cuda_targets[@]}"); what="${cuda_targets[*]}"
   fi
