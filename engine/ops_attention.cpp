@@ -3,8 +3,9 @@
 // Forward keeps the per-row log-sum-exp [B, H, Tq] (a few bytes per query) for backward, which
 // recomputes the probabilities from it instead of storing the [Tq, Tk] matrix of every head.
 // CUDA tensors (F32/BF16) run the fused kernels of kernels/cuda/attention.cuh (D <= 128), which
-// save the log-sum-exp in float32. The variant comes from CLIPCU_ATTENTION (docs/gpu.md): "tiled"
-// (the default), "tensorcore" (bf16 only; float32 storage runs tiled) or "simple".
+// save the log-sum-exp in float32. The variant comes from CLIPCU_ATTENTION (docs/gpu.md):
+// "tensorcore" (the default: mma.sync for bf16 storage; float32 storage runs the tiled kernel),
+// "tiled" (SIMT float math) or "simple".
 #include <cstdlib>
 #include <string>
 
@@ -27,10 +28,10 @@ namespace {
 cuda::AttentionKernel attention_kernel() {
   const char* v = std::getenv("CLIPCU_ATTENTION");
   const std::string s = v ? v : "";
-  if (s.empty() || s == "tiled") return cuda::AttentionKernel::Tiled;
-  if (s == "tensorcore") return cuda::AttentionKernel::TensorCore;
+  if (s.empty() || s == "tensorcore") return cuda::AttentionKernel::TensorCore;
+  if (s == "tiled") return cuda::AttentionKernel::Tiled;
   if (s == "simple") return cuda::AttentionKernel::Simple;
-  CLIPCU_FAIL("CLIPCU_ATTENTION='" << s << "': expected tiled (the default), tensorcore or simple");
+  CLIPCU_FAIL("CLIPCU_ATTENTION='" << s << "': expected tensorcore (the default), tiled or simple");
 }
 }  // namespace
 #endif

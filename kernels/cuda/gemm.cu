@@ -22,10 +22,6 @@
 // 16 bytes are loaded element by element with bounds checks instead of cp.async; out-of-range
 // elements are zero in both paths, so partial tiles need no special case in the math.
 //
-// TensorCoreScalar backend: the first tensor-core kernel (128 x 128 tiles, 8 warps of 64 x 32,
-// 3 stages, fragments read as 32-bit or 16-bit scalars from padded rows), kept as a verified
-// fallback until the GPU check has validated TensorCore.
-//
 // Simple backend: SIMT, a block of 256 threads computes a 64 x 64 tile, each thread a 4 x 4
 // register tile with rows ty + 16 i and columns tx + 16 j (conflict-free shared reads,
 // coalesced stores); K in steps of 16 through shared memory, every load bounds-checked.
@@ -50,7 +46,6 @@ const char* gemm_backend_name(GemmBackend b) {
     case GemmBackend::Simple: return "simple";
     case GemmBackend::TensorCore: return "tensorcore";
     case GemmBackend::Cublas: return "cublas";
-    case GemmBackend::TensorCoreScalar: return "tensorcore_scalar";
   }
   return "?";
 }
@@ -115,259 +110,6 @@ __device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
-
-// ---------------------------------------------------------------- TensorCoreScalar: the first kernel
-// (kept until the GPU check has validated the ldmatrix kernel; see the file comment)
-namespace scalar_tc {
-
-constexpr int kTcThreads = 256;
-constexpr int kTcBM = 128;
-constexpr int kTcBN = 128;
-constexpr int kTcStages = 3;
-
-template <class T>
-struct TcCfg;
-template <>
-struct TcCfg<bf16> {
-  static constexpr int BK = 32;    // elements of K per stage
-  static constexpr int KSTEP = 16;  // K of one mma
-};
-template <>
-struct TcCfg<float> {
-  static constexpr int BK = 16;
-  static constexpr int KSTEP = 8;
-};
-
-// One operand's tile in one stage: [kRows][kLd] elements. K-contiguous operands (A not
-// transposed, B transposed) are [128][BK]; MN-contiguous ones [BK][128]. Paddings: 16 bytes on
-// K-contiguous rows, 8 elements on MN-contiguous rows (the strides that spread a fragment load
-// of 32 lanes over 32 banks, worked out for both element sizes). Every row and every stage
-// stays a multiple of 16 bytes (cp.async destinations).
-template <class T, bool kKContig>
-struct TileShape {
-  static constexpr int BK = TcCfg<T>::BK;
-  static constexpr int kRows = kKContig ? kTcBM : BK;
-  static constexpr int kCols = kKContig ? BK : kTcBM;
-  static constexpr int kLd = kCols + (kKContig ? int(16 / sizeof(T)) : 8);
-  static constexpr int kElems = kRows * kLd;
-  static_assert((kLd * sizeof(T)) % 16 == 0, "rows must stay 16-byte aligned");
-};
-
-template <bool kTransA, bool kTransB, class T>
-constexpr size_t tc_smem_bytes() {
-  return size_t(kTcStages) * (TileShape<T, !kTransA>::kElems + TileShape<T, kTransB>::kElems) * sizeof(T);
-}
-
-// Copies the [kRows][kCols] block at (r0, c0) of a row-major global matrix [rows][cols] into
-// shared memory (leading dimension kLd), zero outside the matrix. vec: the base is 16-byte
-// aligned and cols is a multiple of 16 bytes, so a 16-byte chunk is wholly inside or outside.
-template <class T, int kRows, int kCols, int kLd>
-__device__ __forceinline__ void load_tile(T* s, const T* g, int64_t rows, int64_t cols, int64_t r0, int64_t c0,
-                                          bool vec) {
-  if (vec) {
-    constexpr int E = 16 / sizeof(T);
-    constexpr int kChunksPerRow = kCols / E;
-    constexpr int kChunks = kRows * kChunksPerRow;
-    static_assert(kChunks % kTcThreads == 0, "whole chunks per thread");
-#pragma unroll
-    for (int i = 0; i < kChunks / kTcThreads; ++i) {
-      const int idx = int(threadIdx.x) + i * kTcThreads;
-      const int r = idx / kChunksPerRow, c = (idx % kChunksPerRow) * E;
-      const int64_t gr = r0 + r, gc = c0 + c;
-      const bool ok = gr < rows && gc < cols;
-      cp_async16(s + r * kLd + c, ok ? g + gr * cols + gc : g, ok ? 16 : 0);
-    }
-  } else {
-    constexpr int kElems = kRows * kCols;
-    static_assert(kElems % kTcThreads == 0, "whole elements per thread");
-#pragma unroll 4
-    for (int i = 0; i < kElems / kTcThreads; ++i) {
-      const int idx = int(threadIdx.x) + i * kTcThreads;
-      const int r = idx / kCols, c = idx % kCols;
-      const int64_t gr = r0 + r, gc = c0 + c;
-      s[r * kLd + c] = (gr < rows && gc < cols) ? g[gr * cols + gc] : from_float<T>(0.f);
-    }
-  }
-}
-
-__device__ __forceinline__ uint32_t pack_bf16(bf16 lo, bf16 hi) {
-  return uint32_t(__bfloat16_as_ushort(lo)) | (uint32_t(__bfloat16_as_ushort(hi)) << 16);
-}
-// Element (m, k) of the A stage and (k, n) of the B stage, in either layout.
-template <class T, bool kTransA>
-__device__ __forceinline__ const T* a_ptr(const T* s, int m, int k) {
-  constexpr int ld = TileShape<T, !kTransA>::kLd;
-  return kTransA ? s + k * ld + m : s + m * ld + k;
-}
-template <class T, bool kTransB>
-__device__ __forceinline__ const T* b_ptr(const T* s, int k, int n) {
-  constexpr int ld = TileShape<T, kTransB>::kLd;
-  return kTransB ? s + n * ld + k : s + k * ld + n;
-}
-
-// bf16 pairs along K: (m, k) and (m, k + 1) in one register, the lower k in the low half.
-template <bool kTransA>
-__device__ __forceinline__ uint32_t a_pair(const bf16* s, int m, int k) {
-  if constexpr (!kTransA) {
-    return *reinterpret_cast<const uint32_t*>(a_ptr<bf16, kTransA>(s, m, k));  // k even: 4-byte aligned
-  } else {
-    return pack_bf16(*a_ptr<bf16, kTransA>(s, m, k), *a_ptr<bf16, kTransA>(s, m, k + 1));
-  }
-}
-template <bool kTransB>
-__device__ __forceinline__ uint32_t b_pair(const bf16* s, int k, int n) {
-  if constexpr (kTransB) {
-    return *reinterpret_cast<const uint32_t*>(b_ptr<bf16, kTransB>(s, k, n));
-  } else {
-    return pack_bf16(*b_ptr<bf16, kTransB>(s, k, n), *b_ptr<bf16, kTransB>(s, k + 1, n));
-  }
-}
-
-// Fragments of one K step (kb: the step's first k inside the stage) for a warp at (wm0, wn0).
-// Lane layout (PTX ISA, mma.m16n8k16 / m16n8k8): g = lane / 4, t = lane % 4;
-//   A bf16: {(g, 2t..2t+1)}, {(g+8, 2t..)}, {(g, 2t+8..)}, {(g+8, 2t+8..)}
-//   A tf32: (g, t), (g+8, t), (g, t+4), (g+8, t+4)
-//   B bf16: {(2t..2t+1, g)}, {(2t+8.., g)};  B tf32: (t, g), (t+4, g)
-template <bool kTransA, bool kTransB>
-__device__ __forceinline__ void warp_mma_step(float (&acc)[4][4][4], const bf16* as, const bf16* bs, int wm0,
-                                              int wn0, int kb, int g, int t) {
-  uint32_t a[4][4], b[4][2];
-#pragma unroll
-  for (int mt = 0; mt < 4; ++mt) {
-    const int m = wm0 + mt * 16 + g;
-    a[mt][0] = a_pair<kTransA>(as, m, kb + 2 * t);
-    a[mt][1] = a_pair<kTransA>(as, m + 8, kb + 2 * t);
-    a[mt][2] = a_pair<kTransA>(as, m, kb + 2 * t + 8);
-    a[mt][3] = a_pair<kTransA>(as, m + 8, kb + 2 * t + 8);
-  }
-#pragma unroll
-  for (int nt = 0; nt < 4; ++nt) {
-    const int n = wn0 + nt * 8 + g;
-    b[nt][0] = b_pair<kTransB>(bs, kb + 2 * t, n);
-    b[nt][1] = b_pair<kTransB>(bs, kb + 2 * t + 8, n);
-  }
-#pragma unroll
-  for (int mt = 0; mt < 4; ++mt)
-#pragma unroll
-    for (int nt = 0; nt < 4; ++nt) mma_bf16(acc[mt][nt], a[mt], b[nt]);
-}
-
-template <bool kTransA, bool kTransB>
-__device__ __forceinline__ void warp_mma_step(float (&acc)[4][4][4], const float* as, const float* bs, int wm0,
-                                              int wn0, int kb, int g, int t) {
-  uint32_t a[4][4], b[4][2];
-#pragma unroll
-  for (int mt = 0; mt < 4; ++mt) {
-    const int m = wm0 + mt * 16 + g;
-    a[mt][0] = to_tf32(*a_ptr<float, kTransA>(as, m, kb + t));
-    a[mt][1] = to_tf32(*a_ptr<float, kTransA>(as, m + 8, kb + t));
-    a[mt][2] = to_tf32(*a_ptr<float, kTransA>(as, m, kb + t + 4));
-    a[mt][3] = to_tf32(*a_ptr<float, kTransA>(as, m + 8, kb + t + 4));
-  }
-#pragma unroll
-  for (int nt = 0; nt < 4; ++nt) {
-    const int n = wn0 + nt * 8 + g;
-    b[nt][0] = to_tf32(*b_ptr<float, kTransB>(bs, kb + t, n));
-    b[nt][1] = to_tf32(*b_ptr<float, kTransB>(bs, kb + t + 4, n));
-  }
-#pragma unroll
-  for (int mt = 0; mt < 4; ++mt)
-#pragma unroll
-    for (int nt = 0; nt < 4; ++nt) mma_tf32(acc[mt][nt], a[mt], b[nt]);
-}
-
-// grid: (ceil(N / 128), ceil(M / 128)); block: 256 threads; dynamic shared memory:
-// tc_smem_bytes<kTransA, kTransB, T>(). a_vec / b_vec: the operand may be loaded with cp.async.
-template <class T, bool kTransA, bool kTransB>
-__global__ void __launch_bounds__(kTcThreads) gemm_tc_kernel(const GemmParams<T> p, bool a_vec, bool b_vec) {
-  using ATile = TileShape<T, !kTransA>;
-  using BTile = TileShape<T, kTransB>;
-  constexpr int BK = TcCfg<T>::BK;
-  constexpr int KSTEP = TcCfg<T>::KSTEP;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* As = reinterpret_cast<T*>(smem_raw);   // [kTcStages][ATile::kElems]
-  T* Bs = As + kTcStages * ATile::kElems;  // [kTcStages][BTile::kElems]
-
-  const int64_t m0 = int64_t(blockIdx.y) * kTcBM, n0 = int64_t(blockIdx.x) * kTcBN;
-  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
-  const int wm0 = (warp % 2) * 64, wn0 = (warp / 2) * 32;  // the warp's tile inside the block tile
-  const int g = lane >> 2, t = lane & 3;
-  const int64_t M = p.M, N = p.N, K = p.K;
-
-  auto load_stage = [&](int stage, int64_t kt) {
-    const int64_t k0 = kt * BK;
-    T* as = As + stage * ATile::kElems;
-    T* bs = Bs + stage * BTile::kElems;
-    if constexpr (!kTransA) {
-      load_tile<T, ATile::kRows, ATile::kCols, ATile::kLd>(as, p.A, M, K, m0, k0, a_vec);  // A [M, K]
-    } else {
-      load_tile<T, ATile::kRows, ATile::kCols, ATile::kLd>(as, p.A, K, M, k0, m0, a_vec);  // A [K, M]
-    }
-    if constexpr (kTransB) {
-      load_tile<T, BTile::kRows, BTile::kCols, BTile::kLd>(bs, p.B, N, K, n0, k0, b_vec);  // B [N, K]
-    } else {
-      load_tile<T, BTile::kRows, BTile::kCols, BTile::kLd>(bs, p.B, K, N, k0, n0, b_vec);  // B [K, N]
-    }
-  };
-
-  float acc[4][4][4];
-#pragma unroll
-  for (int i = 0; i < 4; ++i)
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
-
-  const int64_t KT = (K + BK - 1) / BK;
-#pragma unroll
-  for (int s = 0; s < kTcStages - 1; ++s) {
-    if (s < KT) load_stage(s, s);
-    cp_async_commit();  // possibly empty: keeps the group count uniform
-  }
-  for (int64_t kt = 0; kt < KT; ++kt) {
-    // groups committed so far: kTcStages - 1 + kt; at most kTcStages - 2 pending => step kt landed
-    cp_async_wait<kTcStages - 2>();
-    __syncthreads();  // step kt visible to all; everyone is done with step kt - 1's stage
-    const int64_t next = kt + kTcStages - 1;
-    if (next < KT) load_stage(int(next % kTcStages), next);  // overwrites the stage of step kt - 1
-    cp_async_commit();
-    const int stage = int(kt % kTcStages);
-    const T* as = As + stage * ATile::kElems;
-    const T* bs = Bs + stage * BTile::kElems;
-#pragma unroll
-    for (int kb = 0; kb < BK; kb += KSTEP) warp_mma_step<kTransA, kTransB>(acc, as, bs, wm0, wn0, kb, g, t);
-  }
-  cp_async_wait<0>();  // nothing real is pending, but leave no group behind
-
-  // accumulator element e of tile (mt, nt): row g (+8 for e >= 2), column 2t (+1 for odd e)
-#pragma unroll
-  for (int mt = 0; mt < 4; ++mt)
-#pragma unroll
-    for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int64_t m = m0 + wm0 + mt * 16 + g + (e >= 2 ? 8 : 0);
-        const int64_t n = n0 + wn0 + nt * 8 + 2 * t + (e & 1);
-        if (m < M && n < N) epilogue_store(p, m, n, acc[mt][nt][e]);
-      }
-}
-
-template <class T, bool kTransA, bool kTransB>
-void launch_tc(const GemmParams<T>& p, cudaStream_t stream) {
-  constexpr int E = 16 / sizeof(T);
-  // cp.async needs a 16-byte aligned base and rows that are whole 16-byte chunks
-  const int64_t a_cols = kTransA ? p.M : p.K, b_cols = kTransB ? p.K : p.N;
-  const bool a_vec = detail::aligned_to(p.A, 16) && a_cols % E == 0;
-  const bool b_vec = detail::aligned_to(p.B, 16) && b_cols % E == 0;
-  constexpr size_t smem = tc_smem_bytes<kTransA, kTransB, T>();
-  auto kernel = gemm_tc_kernel<T, kTransA, kTransB>;
-  CLIPCU_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  const dim3 grid(unsigned((p.N + kTcBN - 1) / kTcBN), unsigned((p.M + kTcBM - 1) / kTcBM));
-  kernel<<<grid, kTcThreads, smem, stream>>>(p, a_vec, b_vec);
-  CLIPCU_CUDA_CHECK_LAUNCH("gemm_tc_kernel");
-}
-
-}  // namespace scalar_tc
 
 // ---------------------------------------------------------------- TensorCore: the ldmatrix kernel
 // (see the file comment). Everything a thread addresses is a function of its lane and the tile
@@ -1153,17 +895,11 @@ void gemm(const GemmParams<T>& p, cudaStream_t stream) {
   if (backend == GemmBackend::Cublas && (p.K == 0 || p.M > INT32_MAX || p.N > INT32_MAX || p.K > INT32_MAX))
     backend = GemmBackend::Simple;
   // the TensorCore grid counts all tiles in x (at most 2^31 - 1 of the 128 x 128 ones)
-  if (backend == GemmBackend::TensorCore && ((p.M + 127) / 128) * ((p.N + 127) / 128) > INT32_MAX)
-    backend = GemmBackend::TensorCoreScalar;
+  CLIPCU_CUDA_REQUIRE(backend != GemmBackend::TensorCore || ((p.M + 127) / 128) * ((p.N + 127) / 128) <= INT32_MAX,
+                      "gemm: M " << p.M << " x N " << p.N << " is beyond the tensor-core kernel's grid");
   switch (backend) {
     case GemmBackend::Simple: launch_simt(p, stream); break;
     case GemmBackend::TensorCore: mma::launch_any(p, stream, nullptr); break;
-    case GemmBackend::TensorCoreScalar:
-      if (!p.trans_a && !p.trans_b) scalar_tc::launch_tc<T, false, false>(p, stream);
-      else if (!p.trans_a && p.trans_b) scalar_tc::launch_tc<T, false, true>(p, stream);
-      else if (p.trans_a && !p.trans_b) scalar_tc::launch_tc<T, true, false>(p, stream);
-      else scalar_tc::launch_tc<T, true, true>(p, stream);
-      break;
     case GemmBackend::Cublas: launch_cublas(p, stream); break;
   }
 }
@@ -1199,7 +935,7 @@ std::vector<GemmBackend> gemm_backends(int device) {
   CLIPCU_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
   // the tensor-core kernels use mma.sync bf16 / tf32, ldmatrix and cp.async: sm_80 and later
   if (major < 8) return {GemmBackend::Simple, GemmBackend::Cublas};
-  return {GemmBackend::Simple, GemmBackend::TensorCore, GemmBackend::Cublas, GemmBackend::TensorCoreScalar};
+  return {GemmBackend::Simple, GemmBackend::TensorCore, GemmBackend::Cublas};
 }
 
 template void gemm<float>(const GemmParams<float>&, cudaStream_t);

@@ -24,9 +24,6 @@
 //               1e-3 relative error, not float32 accuracy).
 //   Cublas:     cublasLtMatmul (bias fused), falling back to cublasGemmEx when the heuristic
 //               finds no algorithm; the other epilogue steps run as one elementwise pass.
-//   TensorCoreScalar: the first tensor-core kernel (128 x 128 tiles, 8 warps of 64 x 32, scalar
-//               shared-memory fragment loads, 3-stage cp.async), kept as a verified fallback
-//               until the GPU check has validated TensorCore; same accuracy as TensorCore.
 #pragma once
 #include <cublasLt.h>
 #include <cublas_v2.h>
@@ -40,7 +37,7 @@
 namespace clipcu::cuda {
 
 // New values go at the end (the numbering of the existing ones stays).
-enum class GemmBackend { Simple, TensorCore, Cublas, TensorCoreScalar };
+enum class GemmBackend { Simple, TensorCore, Cublas };
 const char* gemm_backend_name(GemmBackend b);
 
 // Every backend this build can run on the given device, in enum order (tests and benchmarks
@@ -49,7 +46,7 @@ std::vector<GemmBackend> gemm_backends(int device = 0);
 
 // Whether the backend rounds float inputs to TF32 (accuracy about 1e-3 instead of float32's).
 inline bool gemm_backend_uses_tf32(GemmBackend b) {
-  return b == GemmBackend::TensorCore || b == GemmBackend::TensorCoreScalar;
+  return b == GemmBackend::TensorCore;
 }
 
 template <class T>
