@@ -105,9 +105,10 @@ write_report() {
     echo
     echo "| stage | result | seconds | detail |"
     echo "|---|---|---|---|"
+    local s n r secs d  # local: the caller's variables (a loop's $t, say) must survive a report
     for s in "${STAGES[@]}"; do
-      IFS='|' read -r n r t d <<<"$s"
-      echo "| $n | $r | $t | $d |"
+      IFS='|' read -r n r secs d <<<"$s"
+      echo "| $n | $r | $secs | $d |"
     done
     [ -n "${EXTRA:-}" ] && printf '\n%s\n' "$EXTRA"
   } >"$REPORT"
