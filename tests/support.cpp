@@ -192,4 +192,15 @@ bool gpu_available() {
   return ok;
 }
 
+void exit_77_without_gpu(const char* program) {
+  if (gpu_available()) return;
+#ifdef CLIPCU_WITH_CUDA
+  std::fprintf(stderr, "%s: no GPU answers: the GPU tests were SKIPPED (not passed)\n", program);
+#else
+  std::fprintf(stderr, "%s: this build has no CUDA backend: the GPU tests were SKIPPED\n", program);
+#endif
+  std::fflush(stderr);
+  std::_Exit(77);
+}
+
 }  // namespace clipcu::test

@@ -549,18 +549,8 @@ CLIPCU_GPU_TEST("cuda engine: a small ViT CLIP forward and backward through the 
 
 #endif  // CLIPCU_WITH_CUDA
 
-// Last in the file (doctest runs test cases in file order): without a GPU, every
-// CLIPCU_GPU_TEST above was skipped; exiting with 77 makes ctest report this program's run as
-// Skipped instead of letting it pass.
+// Last in the file: without a GPU every CLIPCU_GPU_TEST above was skipped; exit 77 = Skipped.
 TEST_CASE("cuda engine: a GPU answers (otherwise the GPU tests are SKIPPED)") {
-  if (!clipcu::test::gpu_available()) {
-#ifdef CLIPCU_WITH_CUDA
-    std::fprintf(stderr, "test_cuda_engine: no GPU answers: the GPU tests were SKIPPED (not passed)\n");
-#else
-    std::fprintf(stderr, "test_cuda_engine: this build has no CUDA backend: the GPU tests were SKIPPED\n");
-#endif
-    std::fflush(stderr);
-    std::_Exit(77);
-  }
+  clipcu::test::exit_77_without_gpu("test_cuda_engine");
   CHECK(clipcu::cuda_available());
 }

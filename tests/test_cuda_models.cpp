@@ -630,17 +630,8 @@ CLIPCU_GPU_TEST("a checkpoint written on the GPU (bf16, float32 masters) resumes
   check_cli_resume_on_cpu("clip_vit_tiny", "bf16");
 }
 
-// Last in the file (doctest runs test cases in file order): without a GPU, every
-// CLIPCU_GPU_TEST above was skipped; exiting with 77 makes ctest report this run as Skipped.
+// Last in the file: without a GPU every CLIPCU_GPU_TEST above was skipped; exit 77 = Skipped.
 TEST_CASE("cuda models: a GPU answers (otherwise the GPU tests are SKIPPED)") {
-  if (!gpu_available()) {
-#ifdef CLIPCU_WITH_CUDA
-    std::fprintf(stderr, "test_cuda_models: no GPU answers: the GPU tests were SKIPPED (not passed)\n");
-#else
-    std::fprintf(stderr, "test_cuda_models: this build has no CUDA backend: the GPU tests were SKIPPED\n");
-#endif
-    std::fflush(stderr);
-    std::_Exit(77);
-  }
+  clipcu::test::exit_77_without_gpu("test_cuda_models");
   CHECK(cuda_available());
 }

@@ -21,6 +21,7 @@
 #include <utility>
 #include <vector>
 
+#include "tests/cuda_support.h"
 #include "tests/support.h"
 
 #ifdef CLIPCU_WITH_CUDA
@@ -47,141 +48,9 @@
 using namespace clipcu;
 using cuda::bf16;
 using test::WorstError;
+using namespace test::gpu;
 
 namespace {
-
-constexpr double kF32Fwd = 1e-5;
-constexpr double kF32Grad = 1e-4;
-constexpr double kTf32 = 2e-3;
-constexpr double kBf16 = 1e-2;
-
-// CLIPCU_TEST_SMALL=1 (the sanitizer runs of tools/device-check.sh): the smaller shapes only.
-bool small_run() {
-  const char* v = std::getenv("CLIPCU_TEST_SMALL");
-  return v && *v && std::string(v) != "0";
-}
-template <class V>
-std::vector<V> maybe_small(std::vector<V> all, size_t keep) {
-  if (small_run() && all.size() > keep) all.resize(keep);
-  return all;
-}
-
-template <class T>
-const char* type_name() {
-  return std::is_same_v<T, float> ? "f32" : "bf16";
-}
-
-// ---------------------------------------------------------------- device buffers
-// Device memory from the engine's allocator (so the caching allocator is exercised too).
-template <class T>
-class DevBuf {
- public:
-  explicit DevBuf(size_t n) : n_(n) {
-    ptr_ = static_cast<T*>(device_alloc(Device::cuda(0), std::max<size_t>(n, 1) * sizeof(T)));
-  }
-  ~DevBuf() { device_free(Device::cuda(0), ptr_); }
-  DevBuf(DevBuf&& o) noexcept : ptr_(o.ptr_), n_(o.n_) { o.ptr_ = nullptr; }
-  DevBuf(const DevBuf&) = delete;
-  DevBuf& operator=(const DevBuf&) = delete;
-  DevBuf& operator=(DevBuf&&) = delete;
-  T* get() const { return ptr_; }
-  size_t size() const { return n_; }
-
- private:
-  T* ptr_ = nullptr;
-  size_t n_ = 0;
-};
-
-// The value a double becomes when stored as T.
-template <class T>
-double stored(double x) {
-  if constexpr (std::is_same_v<T, float>) {
-    return double(float(x));
-  } else {
-    return double(bf16_to_f32(f32_to_bf16(float(x))));
-  }
-}
-template <class T>
-std::vector<double> stored(std::vector<double> v) {
-  for (double& x : v) x = stored<T>(x);
-  return v;
-}
-
-// dst[0 .. v.size()) = v converted to T (synchronous copy).
-template <class T>
-void write(T* dst, const std::vector<double>& v) {
-  if (v.empty()) return;
-  if constexpr (std::is_same_v<T, float>) {
-    std::vector<float> h(v.begin(), v.end());
-    device_copy(dst, Device::cuda(0), h.data(), Device::cpu(), h.size() * sizeof(float));
-  } else if constexpr (std::is_same_v<T, bf16>) {
-    std::vector<uint16_t> h(v.size());
-    for (size_t i = 0; i < v.size(); ++i) h[i] = f32_to_bf16(float(v[i]));
-    device_copy(dst, Device::cuda(0), h.data(), Device::cpu(), h.size() * sizeof(uint16_t));
-  } else {
-    std::vector<T> h(v.size());
-    for (size_t i = 0; i < v.size(); ++i) h[i] = T(v[i]);
-    device_copy(dst, Device::cuda(0), h.data(), Device::cpu(), h.size() * sizeof(T));
-  }
-}
-
-template <class T>
-DevBuf<T> upload(const std::vector<double>& v) {
-  DevBuf<T> b(v.size());
-  write(b.get(), v);
-  return b;
-}
-
-// Waits for the current stream (reporting a kernel fault here), then copies n values back.
-template <class T>
-std::vector<double> read(const T* src, size_t n) {
-  cuda::synchronize();
-  std::vector<double> out(n);
-  if (n == 0) return out;
-  if constexpr (std::is_same_v<T, float>) {
-    std::vector<float> h(n);
-    device_copy(h.data(), Device::cpu(), src, Device::cuda(0), n * sizeof(float));
-    for (size_t i = 0; i < n; ++i) out[i] = h[i];
-  } else if constexpr (std::is_same_v<T, bf16>) {
-    std::vector<uint16_t> h(n);
-    device_copy(h.data(), Device::cpu(), src, Device::cuda(0), n * sizeof(uint16_t));
-    for (size_t i = 0; i < n; ++i) out[i] = bf16_to_f32(h[i]);
-  } else {
-    std::vector<T> h(n);
-    device_copy(h.data(), Device::cpu(), src, Device::cuda(0), n * sizeof(T));
-    for (size_t i = 0; i < n; ++i) out[i] = double(h[i]);
-  }
-  return out;
-}
-template <class T>
-std::vector<double> read(const DevBuf<T>& b) {
-  return read(b.get(), b.size());
-}
-
-std::vector<double> randn(size_t n, Rng& rng, double scale = 1.0) {
-  std::vector<double> v(n);
-  for (double& x : v) x = scale * rng.normal();
-  return v;
-}
-
-// ---------------------------------------------------------------- comparisons
-double rel_err(const std::vector<double>& got, const std::vector<double>& ref) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    num += (got[i] - ref[i]) * (got[i] - ref[i]);
-    den += ref[i] * ref[i];
-  }
-  if (std::isnan(num)) return INFINITY;
-  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
-}
-
-void expect_close(const std::vector<double>& got, const std::vector<double>& ref, double tol, const std::string& label,
-                  WorstError& worst) {
-  REQUIRE_MESSAGE(got.size() == ref.size(), label << ": " << got.size() << " values vs " << ref.size());
-  const double e = rel_err(got, ref);
-  worst.add(label, e);
-  CHECK_MESSAGE(e <= tol, label << ": rel err " << e << " > tol " << tol);
-}
 
 cpu::Activation cpu_act(cuda::Act a) {
   switch (a) {
@@ -1105,18 +974,8 @@ TEST_CASE("cuda host: launchers reject bad arguments with clipcu::Error before t
 
 #endif  // CLIPCU_WITH_CUDA
 
-// Last in the file (doctest runs test cases in file order): without a GPU, every
-// CLIPCU_GPU_TEST above was skipped; exiting with 77 makes ctest report this program's run as
-// Skipped instead of letting it pass.
+// Last in the file: without a GPU every CLIPCU_GPU_TEST above was skipped; exit 77 = Skipped.
 TEST_CASE("cuda ops: a GPU answers (otherwise the GPU tests are SKIPPED)") {
-  if (!clipcu::test::gpu_available()) {
-#ifdef CLIPCU_WITH_CUDA
-    std::fprintf(stderr, "test_cuda_ops: no GPU answers: the GPU tests were SKIPPED (not passed)\n");
-#else
-    std::fprintf(stderr, "test_cuda_ops: this build has no CUDA backend: the GPU tests were SKIPPED\n");
-#endif
-    std::fflush(stderr);
-    std::_Exit(77);
-  }
+  clipcu::test::exit_77_without_gpu("test_cuda_ops");
   CHECK(clipcu::cuda_available());
 }
