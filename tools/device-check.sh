@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One check of the whole project on a GPU machine: configure and build Release with all cores,
 # run the CUDA tests, compute-sanitizer (memcheck over the CUDA tests, racecheck over the kernels
-# that use shared memory), every other test, and the benchmarks, then write OUTDIR/report.md
+# that use shared memory), every other test, then the benchmarks with the time left, and write OUTDIR/report.md
 # (GPU, driver, CUDA, pass/fail per stage with timings, what failed) beside the raw logs.
 # Meant to finish within 8 minutes on an H100: every stage has a time limit, and a stage cut
 # short is reported as TIMEOUT, never as passed.
@@ -251,27 +251,6 @@ if [ ${#CUDA_TESTS[@]} -gt 0 ]; then
   [ -n "$fails" ] && add_extra "## CUDA test failures (first lines; test_cuda.log has all)"$'\n\n'"$fails"
 fi
 
-# ---------------------------------------------------------------- CUDA benchmarks (before the
-# slower stages: with the CUDA tests they are what only a GPU machine can tell)
-# bench/run_gpu_benchmarks.sh: every bench_cuda_* program, bench_step's GPU steps and PyTorch
-# beside them, one table (bench_table.md) and the JSON of both sides (bench_json.tgz)
-if [ "$BENCH" -eq 1 ]; then
-  gb="$(mktemp -d)"
-  echo "===== bench/run_gpu_benchmarks.sh (budget ${BENCH_BUDGET}s)" >>"$OUTDIR/bench.log"
-  timed $((BENCH_BUDGET + 30)) "$repo/bench/run_gpu_benchmarks.sh" "$gb" "$BUILD" --budget "$BENCH_BUDGET" \
-    $([ "$CUDA_ONLY" -eq 1 ] && echo --no-compile) >/dev/null 2>&1
-  cat "$gb/bench_gpu.log" >>"$OUTDIR/bench.log" 2>/dev/null
-  if [ -s "$gb/bench_table.md" ]; then
-    cp "$gb/bench_table.md" "$OUTDIR/bench_table.md"
-    (cd "$gb" && tar czf "$OUTDIR/bench_json.tgz" ./*.json 2>/dev/null)
-    record "GPU benchmarks (bench/run_gpu_benchmarks.sh)" "$(verdict $RC)" "$SECS" "bench_table.md, bench_json.tgz"
-    add_extra "## GPU benchmarks against cuBLAS / cuDNN / PyTorch (bench_table.md)"$'\n\n'"$(cat "$gb/bench_table.md")"
-  else
-    record "GPU benchmarks (bench/run_gpu_benchmarks.sh)" "FAIL" "$SECS" "no table written: see bench.log"
-  fi
-  rm -rf "$gb"
-fi
-
 # ---------------------------------------------------------------- compute-sanitizer
 # memcheck over every CUDA test program, racecheck over the kernels that use shared memory; small
 # shapes (CLIPCU_TEST_SMALL) and no ViT-B/32-sized cases: the tools slow kernels down a lot
@@ -327,6 +306,29 @@ elif [ -d "$BUILD/tests" ]; then
   [ -n "$failed" ] && add_extra "## ctest failures"$'\n\n'"$failed"
 else
   record "ctest (all other tests)" "NOT RUN" 0 "no build"
+fi
+
+# ---------------------------------------------------------------- GPU benchmarks (after every test
+# and sanitizer: they take what is left of the budget, and a cut-short benchmark fails no test)
+# bench/run_gpu_benchmarks.sh: every bench_cuda_* program, bench_step's GPU steps and PyTorch
+# beside them, one table (bench_table.md) and the JSON of both sides (bench_json.tgz)
+if [ "$BENCH" -eq 1 ]; then
+  gb="$(mktemp -d)"
+  echo "===== bench/run_gpu_benchmarks.sh" >>"$OUTDIR/bench.log"
+  bb=$(( $(left) - 45 )); [ "$bb" -gt "$BENCH_BUDGET" ] && bb="$BENCH_BUDGET"
+  [ "$bb" -lt 30 ] && bb=30
+  timed $((bb + 30)) "$repo/bench/run_gpu_benchmarks.sh" "$gb" "$BUILD" --budget "$bb" \
+    $([ "$CUDA_ONLY" -eq 1 ] && echo --no-compile) >/dev/null 2>&1
+  cat "$gb/bench_gpu.log" >>"$OUTDIR/bench.log" 2>/dev/null
+  if [ -s "$gb/bench_table.md" ]; then
+    cp "$gb/bench_table.md" "$OUTDIR/bench_table.md"
+    (cd "$gb" && tar czf "$OUTDIR/bench_json.tgz" ./*.json 2>/dev/null)
+    record "GPU benchmarks (bench/run_gpu_benchmarks.sh)" "$(verdict $RC)" "$SECS" "bench_table.md, bench_json.tgz"
+    add_extra "## GPU benchmarks against cuBLAS / cuDNN / PyTorch (bench_table.md)"$'\n\n'"$(cat "$gb/bench_table.md")"
+  else
+    record "GPU benchmarks (bench/run_gpu_benchmarks.sh)" "FAIL" "$SECS" "no table written: see bench.log"
+  fi
+  rm -rf "$gb"
 fi
 
 # ---------------------------------------------------------------- the other benchmarks
