@@ -31,7 +31,7 @@ std::string golden_path(const std::string& rel) {
   return p;
 }
 
-const st::File& golden(std::string rel) {
+const st::File& golden(const std::string& rel) {
   static std::mutex mu;
   static std::map<std::string, std::unique_ptr<st::File>> cache;
   std::lock_guard<std::mutex> lock(mu);

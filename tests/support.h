@@ -15,9 +15,7 @@ namespace clipcu::test {
 // A file under ../shared/golden (or $CLIPCU_GOLDEN). Fails the test, naming the path, when absent.
 std::string golden_path(const std::string& rel);
 // A golden safetensors file, opened once per process.
-// (rel by value: the result lives in a cache, but g++ 13's -Wdangling-reference flags a reference
-// returned from a call whose const& argument is a temporary)
-const st::File& golden(std::string rel);
+const st::File& golden(const std::string& rel);
 // CLIP's BPE vocabulary ($CLIPCU_VOCAB or ../shared/vocab/bpe_simple_vocab_16e6.txt.gz).
 std::string vocab_path();
 // A fresh empty directory under the build tree for one test's files.
