@@ -38,13 +38,16 @@ namespace {
 
 using NamedArg = std::pair<const char*, const Tensor*>;
 
-// CPU arguments: every defined one F32 or F64, and the same type as the first.
-void check_float_args(const char* op, std::initializer_list<NamedArg> args) {
+// Every defined argument is F32 or the device's other floating type (F64 on the CPU, BF16 on the
+// GPU), and all have the type of the first.
+void check_float_args(const char* op, std::initializer_list<NamedArg> args, bool gpu) {
+  const DType other = gpu ? DType::BF16 : DType::F64;
   const Tensor* first = nullptr;
   for (const auto& [name, t] : args) {
     if (!t->defined()) continue;
-    CLIPCU_CHECK(t->dtype() == DType::F32 || t->dtype() == DType::F64,
-                 "op " << op << ": argument '" << name << "' is " << t->str() << ", expected F32 or F64");
+    CLIPCU_CHECK(t->dtype() == DType::F32 || t->dtype() == other,
+                 "op " << op << ": argument '" << name << "' is " << t->str() << ", expected F32 or "
+                       << dtype_name(other) << (gpu ? " on the GPU" : ""));
     if (!first) {
       first = t;
     } else {
@@ -91,22 +94,6 @@ bool on_cuda(const char* op, std::initializer_list<NamedArg> args) {
   return true;
 }
 
-// GPU arguments: F32 or BF16, and every one of `args` with the dtype of the first.
-void check_gpu_dtypes(const char* op, std::initializer_list<NamedArg> args) {
-  const Tensor* first = nullptr;
-  for (const auto& [name, t] : args) {
-    if (!t->defined()) continue;
-    CLIPCU_CHECK(t->dtype() == DType::F32 || t->dtype() == DType::BF16,
-                 "op " << op << ": argument '" << name << "' is " << t->str() << ", expected F32 or BF16 on the GPU");
-    if (!first) {
-      first = t;
-    } else {
-      CLIPCU_CHECK(t->dtype() == first->dtype(), "op " << op << ": argument '" << name << "' is " << t->str()
-                                                       << " but '" << args.begin()->first << "' is " << first->str()
-                                                       << " (one floating type per op)");
-    }
-  }
-}
 
 #ifdef CLIPCU_WITH_CUDA
 // Typed device pointers (bf16 tensors hold uint16_t on the host side of the API).
@@ -292,9 +279,9 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int str
   CLIPCU_CHECK(weight.defined(), "op conv2d: argument 'weight' is undefined");
   const bool gpu = on_cuda("conv2d", {{"x", &x}, {"weight", &weight}, {"bias", &bias}});
   if (gpu) {
-    check_gpu_dtypes("conv2d", {{"x", &x}, {"weight", &weight}, {"bias", &bias}});
+    check_float_args("conv2d", {{"x", &x}, {"weight", &weight}, {"bias", &bias}}, true);
   } else {
-    check_float_args("conv2d", {{"x", &x}, {"weight", &weight}, {"bias", &bias}});
+    check_float_args("conv2d", {{"x", &x}, {"weight", &weight}, {"bias", &bias}}, false);
   }
   CLIPCU_CHECK(x.dim() == 4,
                "op conv2d: argument 'x' has shape " << shape_str(x.shape()) << ", expected [N, Cin, H, W]");
@@ -352,11 +339,11 @@ Tensor batch_norm2d_impl(const Tensor& x, const Tensor& weight, const Tensor& bi
                                             {"running_var", &running_var}});
   DType param_type = x.dtype();  // GPU: the dtype of weight, bias and the running statistics
   if (gpu) {
-    check_gpu_dtypes("batch_norm2d", {{"x", &x}});
-    check_gpu_dtypes("batch_norm2d", {{"weight", &weight},
+    check_float_args("batch_norm2d", {{"x", &x}}, true);
+    check_float_args("batch_norm2d", {{"weight", &weight},
                                       {"bias", &bias},
                                       {"running_mean", &running_mean},
-                                      {"running_var", &running_var}});
+                                      {"running_var", &running_var}}, true);
     for (const Tensor* p : std::initializer_list<const Tensor*>{&weight, &bias, &running_mean, &running_var}) {
       if (!p->defined()) continue;
       param_type = p->dtype();
@@ -370,7 +357,7 @@ Tensor batch_norm2d_impl(const Tensor& x, const Tensor& weight, const Tensor& bi
                                       {"weight", &weight},
                                       {"bias", &bias},
                                       {"running_mean", &running_mean},
-                                      {"running_var", &running_var}});
+                                      {"running_var", &running_var}}, false);
   }
   CLIPCU_CHECK(x.dim() == 4,
                "op batch_norm2d: argument 'x' has shape " << shape_str(x.shape()) << ", expected [N, C, H, W]");
@@ -445,9 +432,9 @@ Tensor avg_pool2d(const Tensor& x, int k) {
   CLIPCU_CHECK(x.defined(), "op avg_pool2d: argument 'x' is undefined");
   const bool gpu = on_cuda("avg_pool2d", {{"x", &x}});
   if (gpu) {
-    check_gpu_dtypes("avg_pool2d", {{"x", &x}});
+    check_float_args("avg_pool2d", {{"x", &x}}, true);
   } else {
-    check_float_args("avg_pool2d", {{"x", &x}});
+    check_float_args("avg_pool2d", {{"x", &x}}, false);
   }
   CLIPCU_CHECK(x.dim() == 4,
                "op avg_pool2d: argument 'x' has shape " << shape_str(x.shape()) << ", expected [N, C, H, W]");
