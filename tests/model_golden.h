@@ -181,6 +181,17 @@ inline void check_golden_eval(const std::string& tag) {
   }
 }
 
+// The AdamW hyper-parameters of the golden training steps (open_clip's, as make_golden.py sets them).
+inline optim::AdamWConfig golden_adamw_config() {
+  optim::AdamWConfig cfg;
+  cfg.lr = 5e-4;
+  cfg.beta1 = 0.9;
+  cfg.beta2 = 0.98;
+  cfg.eps = 1e-6;
+  cfg.weight_decay = 0.2;
+  return cfg;
+}
+
 // Training mode, three steps of AdamW as open_clip sets it up (make_golden.py): features,
 // logits and loss at step 0, every parameter's gradient at step 0, the losses of steps 1 and 2,
 // the parameters after 1 and 3 steps, and the BatchNorm running statistics after 3 steps.
@@ -189,12 +200,7 @@ inline void check_golden_training(const std::string& tag) {
   const st::File& io = golden(tag + ".io.safetensors");
   const Tensor images = io.get("input.images", DType::F32), text = io.get("input.text");
   model->train();
-  optim::AdamWConfig cfg;
-  cfg.lr = 5e-4;
-  cfg.beta1 = 0.9;
-  cfg.beta2 = 0.98;
-  cfg.eps = 1e-6;
-  cfg.weight_decay = 0.2;
+  const optim::AdamWConfig cfg = golden_adamw_config();
   optim::AdamW opt(model->optimizer_params(), cfg);
   const auto params = model->named_parameters();
 

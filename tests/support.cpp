@@ -182,6 +182,18 @@ Tensor golden_input(const std::string& name, DType dt) {
   return dt == DType::F32 ? t : t.to(dt);
 }
 
+Tensor clip_tokens(int64_t B, int64_t T, int64_t V, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<int64_t> ids(size_t(B * T), 0);
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t n = b == B - 1 ? T - 1 : 1 + int64_t(rng.below(uint64_t(T - 1)));  // end position
+    ids[size_t(b * T)] = V - 2;
+    for (int64_t t = 1; t < n; ++t) ids[size_t(b * T + t)] = 1 + int64_t(rng.below(uint64_t(V - 3)));
+    ids[size_t(b * T + n)] = V - 1;
+  }
+  return Tensor::from_ints(ids, {B, T});
+}
+
 bool gpu_available() {
   bool ok = cuda_available();
   static bool told = false;

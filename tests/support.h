@@ -59,6 +59,10 @@ inline constexpr Fill kFills[] = {Fill::Random, Fill::Ones, Fill::Arange};
 const char* fill_name(Fill f);
 // An input of ops.safetensors as float32 (a copy), converted to dt.
 Tensor golden_input(const std::string& name, DType dt);
+// [B, T] I64 token rows as CLIP makes them, for a vocabulary of V: start (V-2), random ids in
+// [1, V-3], end (V-1, the highest id, where the text tower pools), zero padding; the last row
+// fills the context.
+Tensor clip_tokens(int64_t B, int64_t T, int64_t V, uint64_t seed);
 
 bool gpu_available();
 // For the last test case of a GPU test program (doctest runs them in file order): without a GPU

@@ -442,19 +442,6 @@ models::ModelConfig tiny_vit_config() {
                               "tiny_vit_config");
 }
 
-// Token rows as CLIP makes them: start (V-2), ids, end (V-1), zero padding.
-Tensor make_tokens(int64_t B, int64_t T, int64_t V, uint64_t seed) {
-  Rng rng(seed);
-  std::vector<int64_t> ids(size_t(B * T), 0);
-  for (int64_t b = 0; b < B; ++b) {
-    const int64_t n = b == B - 1 ? T - 1 : 1 + int64_t(rng.below(uint64_t(T - 1)));
-    ids[size_t(b * T)] = V - 2;
-    for (int64_t t = 1; t < n; ++t) ids[size_t(b * T + t)] = 1 + int64_t(rng.below(uint64_t(V - 3)));
-    ids[size_t(b * T + n)] = V - 1;
-  }
-  return Tensor::from_ints(ids, {B, T});
-}
-
 // Every parameter gradient of the GPU model against the float64 CPU model: norm-wise over all
 // gradients together <= tol, and per tensor ||g - ref|| <= tol (||ref|| + 1e-2 ||all ref||) (a
 // tensor whose exact gradient is ~0, such as the key biases, is held to the global scale).
@@ -508,7 +495,7 @@ CLIPCU_GPU_TEST("cuda engine: text tower + clip_loss forward and backward throug
   auto ref = models::make_clip(cfg, 11), gpu = models::make_clip(cfg, 11);
   ref->to(DType::F64);
   gpu->to(kGpu);
-  const Tensor tokens = make_tokens(4, 7, 50, 3);
+  const Tensor tokens = test::clip_tokens(4, 7, 50, 3);
   Tensor img = randn({4, 24}, 12);
   Tensor img_ref = img.clone().set_requires_grad(true), img_gpu = img.to(DType::F32).to(kGpu).set_requires_grad(true);
   tape().clear();
@@ -531,7 +518,7 @@ CLIPCU_GPU_TEST("cuda engine: a small ViT CLIP forward and backward through the 
   ref->to(DType::F64);
   gpu->to(kGpu);
   const Tensor images = randn({3, 3, 15, 15}, 6);
-  const Tensor tokens = make_tokens(3, 7, 50, 7);
+  const Tensor tokens = test::clip_tokens(3, 7, 50, 7);
   tape().clear();
   const Tensor fi_r = ref->encode_image(images), ft_r = ref->encode_text(tokens);
   const Tensor loss_r = ref->loss(fi_r, ft_r).loss;

@@ -213,12 +213,7 @@ void check_gpu_training(const std::string& tag, DType dt) {
   const st::File& w0 = golden(tag + ".weights.safetensors");
   const Tensor images = io.get("input.images", DType::F32), text = io.get("input.text");
   model->train();
-  optim::AdamWConfig cfg;
-  cfg.lr = 5e-4;
-  cfg.beta1 = 0.9;
-  cfg.beta2 = 0.98;
-  cfg.eps = 1e-6;
-  cfg.weight_decay = 0.2;
+  const optim::AdamWConfig cfg = golden_adamw_config();
   optim::AdamW opt(model->optimizer_params(), cfg);
   REQUIRE(opt.device() == kGpu);
   CHECK(opt.has_masters() == bf16);

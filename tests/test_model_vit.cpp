@@ -29,19 +29,6 @@ models::ModelConfig odd_vit_config() {
                               "odd_vit_config");
 }
 
-// Token rows as CLIP makes them: start (V-2), ids, end (V-1, the highest id), zero padding.
-Tensor make_tokens(int64_t B, int64_t T, int64_t V, uint64_t seed) {
-  Rng rng(seed);
-  std::vector<int64_t> ids(size_t(B * T), 0);
-  for (int64_t b = 0; b < B; ++b) {
-    const int64_t n = b == B - 1 ? T - 1 : 1 + int64_t(rng.below(uint64_t(T - 1)));  // end position
-    ids[size_t(b * T)] = V - 2;
-    for (int64_t t = 1; t < n; ++t) ids[size_t(b * T + t)] = 1 + int64_t(rng.below(uint64_t(V - 3)));
-    ids[size_t(b * T + n)] = V - 1;
-  }
-  return Tensor::from_ints(ids, {B, T});
-}
-
 }  // namespace
 
 TEST_CASE("clip_vit_tiny: inference-mode features and logits match OpenAI's model") {
@@ -90,7 +77,7 @@ TEST_CASE("ViT CLIP of an unseen shape: weights round trip in F32, F16 and BF16"
   model->eval();
   Rng rng(5);
   const Tensor images = Tensor::randn({3, 3, 15, 15}, rng);
-  const Tensor tokens = make_tokens(3, 7, 50, 9);
+  const Tensor tokens = test::clip_tokens(3, 7, 50, 9);
   NoGradGuard no_grad;
   const Tensor fi = model->encode_image(images), ft = model->encode_text(tokens);
   CHECK(fi.shape() == Shape{3, 24});
@@ -132,7 +119,7 @@ TEST_CASE("ViT CLIP of an unseen shape: float64 gradient check through the whole
   model->train();
   Rng rng(8);
   const Tensor images = Tensor::randn({3, 3, 15, 15}, rng, 0.0, 1.0, DType::F64);
-  const Tensor tokens = make_tokens(3, 7, 50, 4);
+  const Tensor tokens = test::clip_tokens(3, 7, 50, 4);
   auto find = [&](const std::string& name) {
     for (const auto& [n, t] : model->named_parameters())
       if (n == name) return t;
