@@ -501,7 +501,10 @@ void register_gemm() {
     squares.push_back({"square" + std::to_string(n) + "_NN", n, n, n, false, false});
   for (const GemmSpec& s : squares) bf16_specs.push_back(s);
 
-  const auto backends = all_values<cuda::GemmBackend>(cuda::gemm_backend_name);
+  auto backends = all_values<cuda::GemmBackend>(cuda::gemm_backend_name);
+  // the Hopper kernel only where it can run (every name is listed when there is no GPU to ask)
+  if (clipcu::cuda_available() && !cuda::gemm_wgmma_available(0))
+    backends.erase(std::remove(backends.begin(), backends.end(), cuda::GemmBackend::Wgmma), backends.end());
   auto add = [&](const GemmSpec& g, bool f32) {
     const std::string key = std::string("gemm/") + (f32 ? "f32" : "bf16") + "/" + g.name;
     auto make = [f32](GemmSpec s, GemmImpl impl, cuda::GemmBackend be) -> std::function<std::unique_ptr<Case>()> {

@@ -8,7 +8,9 @@
 // bias fused into the product's epilogue and its gradient a deterministic column sum
 // (kernels/cuda/layernorm.cuh). The backend is chosen at run time by the environment variable
 // CLIPCU_GEMM (docs/gpu.md): "cublas" (the default: cuBLASLt), "ours" (our mma.sync tensor-core
-// kernels; float32 then runs as TF32) or "simple" (the SIMT reference). Float32 on cuBLAS uses full float32 math unless CLIPCU_TF32=1.
+// kernels; float32 then runs as TF32), "wgmma" (our Hopper kernel for bf16; float32 as "ours")
+// or "simple" (the SIMT reference). Float32 on cuBLAS uses full float32 math unless
+// CLIPCU_TF32=1.
 #include <algorithm>
 #include <cstdlib>
 #include <string>
@@ -44,7 +46,8 @@ cuda::GemmBackend gemm_backend() {
   if (s.empty() || s == "cublas") return cuda::GemmBackend::Cublas;
   if (s == "ours" || s == "tensorcore") return cuda::GemmBackend::TensorCore;
   if (s == "simple") return cuda::GemmBackend::Simple;
-  CLIPCU_FAIL("CLIPCU_GEMM='" << s << "': expected cublas (the default), ours or simple");
+  if (s == "wgmma") return cuda::GemmBackend::Wgmma;
+  CLIPCU_FAIL("CLIPCU_GEMM='" << s << "': expected cublas (the default), ours, wgmma or simple");
 }
 
 // C = op(A) op(B) (+ beta C) (+ bias) on the current stream of `on`'s device.

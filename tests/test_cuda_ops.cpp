@@ -122,10 +122,15 @@ cuda::GemmParams<T> base_params(cuda::GemmBackend backend) {
   return p;
 }
 
+bool is_tensorcore_backend(cuda::GemmBackend b) {
+  return b == cuda::GemmBackend::TensorCore || b == cuda::GemmBackend::Wgmma;
+}
+
 // One product and epilogue on every backend against the CPU; `offset` shifts A and B by one
-// element to force the element-wise (non-cp.async) loads. all_plans: the TensorCore backend
-// also runs with both block tiles, each with all tiles whole, all split along K, and half and
-// half (independent of the plan it picks on this GPU). expect_split: its own plan must split K.
+// element to force the element-wise (non-cp.async) loads. all_plans: the tensor-core backends
+// (TensorCore, and Wgmma on Hopper) also run with both block tiles, each with all tiles whole,
+// all split along K, and half and half (independent of the plan they pick on this GPU).
+// expect_split: their own plan must split K.
 template <class T>
 void gemm_case(bool ta, bool tb, GemmShape s, const Epilogue& epi, int offset, uint64_t seed, WorstError& worst,
                bool all_plans = false, bool expect_split = false) {
@@ -161,16 +166,18 @@ void gemm_case(bool ta, bool tb, GemmShape s, const Epilogue& epi, int offset, u
     cuda::GemmTensorCorePlan plan;
   };
   std::vector<Run> runs;
-  for (cuda::GemmBackend be : cuda::gemm_backends()) runs.push_back({be, false, {}});
-  const bool has_tc =
-      std::any_of(runs.begin(), runs.end(), [](const Run& r) { return r.be == cuda::GemmBackend::TensorCore; });
-  if (all_plans && has_tc)
-    for (int bn : {256, 128}) {
-      const int64_t tiles = ((M + 127) / 128) * ((N + bn - 1) / bn);
-      for (auto [whole, splits] : {std::pair<int64_t, int>{tiles, 1}, {0, 3}, {tiles / 2, 2}}) {
-        cuda::GemmTensorCorePlan plan;
-        plan.block_m = 128, plan.block_n = bn, plan.whole_tiles = whole, plan.splits = splits;
-        runs.push_back({cuda::GemmBackend::TensorCore, true, plan});
+  const std::vector<cuda::GemmBackend> backends = cuda::gemm_backends();
+  for (cuda::GemmBackend be : backends) runs.push_back({be, false, {}});
+  if (all_plans)
+    for (cuda::GemmBackend be : backends) {
+      if (!is_tensorcore_backend(be)) continue;
+      for (int bn : {256, 128}) {
+        const int64_t tiles = ((M + 127) / 128) * ((N + bn - 1) / bn);
+        for (auto [whole, splits] : {std::pair<int64_t, int>{tiles, 1}, {0, 3}, {tiles / 2, 2}}) {
+          cuda::GemmTensorCorePlan plan;
+          plan.block_m = 128, plan.block_n = bn, plan.whole_tiles = whole, plan.splits = splits;
+          runs.push_back({be, true, plan});
+        }
       }
     }
   for (const Run& run : runs) {
@@ -196,7 +203,7 @@ void gemm_case(bool ta, bool tb, GemmShape s, const Epilogue& epi, int offset, u
     p.act = epi.act;
     p.pre_act = epi.pre_act ? dpre.get() : nullptr;
     p.residual = epi.residual ? (epi.residual_is_c ? dC.get() : dR.get()) : nullptr;
-    if (be == cuda::GemmBackend::TensorCore && expect_split && !run.forced) {
+    if (is_tensorcore_backend(be) && expect_split && !run.forced) {
       // the case is there for the split-K path of the backend's own plan: make sure it runs
       const cuda::GemmTensorCorePlan plan = cuda::gemm_tensorcore_plan(p);
       CHECK_MESSAGE(plan.splits > 1, label << ": " << plan.split_tiles << " tiles split in " << plan.splits);
@@ -300,15 +307,19 @@ void gemm_backends_agree(int64_t M, int64_t N, int64_t K, bool ta, bool tb, cuda
 CLIPCU_GPU_TEST("cuda gemm: tensor-core and simple kernels agree with cuBLAS on ViT-B/32 shapes") {
   WorstError worst{"gemm backends against each other", 0.0, {}};
   const int64_t M = 256 * 50;
-  // forward x W^T (NT), backward dX = dY W (NN) and dW = dY^T X (TN) for qkv, fc and fc2
-  for (auto [N, K] : {std::pair<int64_t, int64_t>{2304, 768}, {3072, 768}, {768, 3072}}) {
-    gemm_backends_agree<bf16>(M, N, K, false, true, cuda::GemmBackend::TensorCore, cuda::GemmBackend::Cublas, kBf16,
-                              worst);
-    gemm_backends_agree<bf16>(M, K, N, false, false, cuda::GemmBackend::TensorCore, cuda::GemmBackend::Cublas, kBf16,
-                              worst);
-    gemm_backends_agree<bf16>(N, K, M, true, false, cuda::GemmBackend::TensorCore, cuda::GemmBackend::Cublas, kBf16,
-                              worst);
+  std::vector<cuda::GemmBackend> ours = {cuda::GemmBackend::TensorCore};
+  if (cuda::gemm_wgmma_available(0)) {
+    ours.push_back(cuda::GemmBackend::Wgmma);
+  } else {
+    MESSAGE("the wgmma backend is not available here (it needs a Hopper GPU and sm_90a device code): not compared");
   }
+  // forward x W^T (NT), backward dX = dY W (NN) and dW = dY^T X (TN) for qkv, fc and fc2
+  for (cuda::GemmBackend be : ours)
+    for (auto [N, K] : {std::pair<int64_t, int64_t>{2304, 768}, {3072, 768}, {768, 3072}}) {
+      gemm_backends_agree<bf16>(M, N, K, false, true, be, cuda::GemmBackend::Cublas, kBf16, worst);
+      gemm_backends_agree<bf16>(M, K, N, false, false, be, cuda::GemmBackend::Cublas, kBf16, worst);
+      gemm_backends_agree<bf16>(N, K, M, true, false, be, cuda::GemmBackend::Cublas, kBf16, worst);
+    }
   gemm_backends_agree<float>(1000, 768, 768, false, true, cuda::GemmBackend::Simple, cuda::GemmBackend::Cublas, kF32Fwd,
                              worst);
   gemm_backends_agree<float>(1000, 768, 768, false, true, cuda::GemmBackend::TensorCore, cuda::GemmBackend::Cublas,

@@ -33,6 +33,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <mutex>
 #include <type_traits>
 #include <vector>
 
@@ -46,6 +47,7 @@ const char* gemm_backend_name(GemmBackend b) {
     case GemmBackend::Simple: return "simple";
     case GemmBackend::TensorCore: return "tensorcore";
     case GemmBackend::Cublas: return "cublas";
+    case GemmBackend::Wgmma: return "wgmma";
   }
   return "?";
 }
@@ -613,21 +615,37 @@ void launch_epilogue(const GemmParams<T>& p, cudaStream_t stream) {
 // ---------------------------------------------------------------- launchers
 namespace mma {
 
-// The launch of one product: block shape (cfg 0: 2 x 4 warps, 128 x 256, one block per SM;
-// cfg 1: 2 x 2 warps, 128 x 128, two per SM), how many tiles are computed whole (the first
-// ones), and into how many K splits the remaining ones are cut.
+// The launch of one product: its block tile (one of the two of the kernel's TileMenu), how many
+// tiles are computed whole (the first ones), and into how many K splits the remaining ones are
+// cut.
 struct Plan {
-  int cfg = 0;
+  int cfg = 0;          // index into the TileMenu
+  int bm = 0, bn = 0;   // its block tile
   int64_t whole_tiles = 0;
   int splits = 1;
   int64_t k_chunk = 0;  // K per split, a multiple of BK
   int64_t tiles = 0;    // all tiles of C
   int64_t split_tiles() const { return tiles - whole_tiles; }
   int64_t blocks() const { return whole_tiles + split_tiles() * splits; }
-  int64_t workspace_floats(int bm, int bn) const { return split_tiles() * splits * int64_t(bm) * bn; }
+  int64_t workspace_floats() const { return split_tiles() * splits * int64_t(bm) * bn; }
 };
 
+// The block tiles a tensor-core kernel offers and what the planner assumes about them.
+struct TileMenu {
+  int bm[2], bn[2];
+  int per_sm[2];     // co-resident blocks per SM
+  int bk;            // K per pipeline step
+  double sm_rate;    // multiply-adds per second per SM (a rough guess: only ratios matter)
+  double eff[2];     // per-SM throughput of each tile relative to the first (more bytes per flop)
+};
+// mma.sync kernel: cfg 0 is 2 x 4 warps (128 x 256, one block per SM), cfg 1 2 x 2 warps
+// (128 x 128, two per SM).
 inline constexpr int kCfgBM[2] = {128, 128}, kCfgBN[2] = {256, 128}, kCfgPerSM[2] = {1, 2};
+template <class T>
+TileMenu mma_menu() {
+  return {{kCfgBM[0], kCfgBM[1]}, {kCfgBN[0], kCfgBN[1]}, {kCfgPerSM[0], kCfgPerSM[1]}, Cfg<T>::BK,
+          std::is_same_v<T, bf16> ? 1.6e12 : 0.8e12, {1.0, 0.85}};
+}
 
 // Picks the plan with the smallest modelled time. Blocks run in waves over the SMs, and a
 // partly filled last wave costs as much as a full one; products whose tiles do not fill the
@@ -637,11 +655,11 @@ inline constexpr int kCfgBM[2] = {128, 128}, kCfgBN[2] = {256, 128}, kCfgPerSM[2
 // only on the shape, the SM count and the workspace size, so a product is always computed the
 // same way (deterministic).
 template <class T>
-Plan plan_for(const GemmParams<T>& p, int num_sms) {
-  constexpr int BK = Cfg<T>::BK;
-  const double sm_rate = std::is_same_v<T, bf16> ? 1.6e12 : 0.8e12;  // multiply-adds per second per SM
+Plan plan_for(const GemmParams<T>& p, int num_sms, const TileMenu& menu) {
+  const int BK = menu.bk;
+  const double sm_rate = menu.sm_rate;
   const double mem_rate = 3.5e12;  // bytes per second (partial sums stay mostly in L2)
-  const double eff[2] = {1.0, 0.85};  // per-SM throughput relative to cfg 0 (more bytes per flop)
+  const double* eff = menu.eff;
   const bool ws_ok = p.workspace && detail::aligned_to(p.workspace, 16);
   const double ws_floats = ws_ok ? double(p.workspace_bytes) / 4 : 0;
   const int64_t k_steps = (p.K + BK - 1) / BK;
@@ -651,12 +669,13 @@ Plan plan_for(const GemmParams<T>& p, int num_sms) {
     if (best_t == 0 || t < 0.97 * best_t) best_t = t, best = c;  // a rival must be clearly faster
   };
   for (int c = 0; c < 2; ++c) {
-    const int bm = kCfgBM[c], bn = kCfgBN[c];
-    const int64_t slots = int64_t(num_sms) * kCfgPerSM[c];
+    const int bm = menu.bm[c], bn = menu.bn[c];
+    const int64_t slots = int64_t(num_sms) * menu.per_sm[c];
     // the time of one block over k elements of K (co-resident blocks share the SM)
-    auto block_time = [&](int64_t k) { return double(bm) * bn * double(k) * kCfgPerSM[c] / (sm_rate * eff[c]); };
+    auto block_time = [&](int64_t k) { return double(bm) * bn * double(k) * menu.per_sm[c] / (sm_rate * eff[c]); };
     Plan whole;
     whole.cfg = c;
+    whole.bm = bm, whole.bn = bn;
     whole.tiles = ((p.M + bm - 1) / bm) * ((p.N + bn - 1) / bn);
     whole.whole_tiles = whole.tiles;
     whole.k_chunk = std::max<int64_t>(k_steps, 1) * BK;
@@ -673,8 +692,8 @@ Plan plan_for(const GemmParams<T>& p, int num_sms) {
       split.whole_tiles = full_waves * slots;
       split.splits = s;
       split.k_chunk = chunk_steps * BK;
-      if (double(split.workspace_floats(bm, bn)) > ws_floats) continue;
-      const double partial_bytes = double(split.workspace_floats(bm, bn)) * 4;
+      if (double(split.workspace_floats()) > ws_floats) continue;
+      const double partial_bytes = double(split.workspace_floats()) * 4;
       const double t = double(full_waves) * block_time(whole.k_chunk) +
                        double((split.split_tiles() * s + slots - 1) / slots) * block_time(split.k_chunk) +
                        (2 * partial_bytes + 2.0 * split.split_tiles() * bm * bn * sizeof(T)) / mem_rate + 2e-6;
@@ -696,6 +715,7 @@ void launch_shape(const GemmParams<T>& p, const Plan& plan, bool a_vec, bool b_v
                   cudaStream_t stream) {
   using G = Geo<T, kTransA, kTransB, kWarpsM, kWarpsN>;
   static_assert(G::BM == kCfgBM[kWarpsN == 4 ? 0 : 1] && G::BN == kCfgBN[kWarpsN == 4 ? 0 : 1], "plan tile sizes");
+  CLIPCU_CUDA_REQUIRE(plan.bm == G::BM && plan.bn == G::BN, "gemm: plan tile " << plan.bm << " x " << plan.bn);
   auto kernel = gemm_mma_kernel<T, kTransA, kTransB, kWarpsM, kWarpsN>;
   CLIPCU_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(G::kSmemBytes)));
   CLIPCU_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
@@ -707,14 +727,18 @@ void launch_shape(const GemmParams<T>& p, const Plan& plan, bool a_vec, bool b_v
 
 // The plan of gemm_tensorcore_with_plan, checked.
 template <class T>
-Plan plan_from(const GemmParams<T>& p, const GemmTensorCorePlan& f) {
-  constexpr int BK = Cfg<T>::BK;
-  CLIPCU_CUDA_REQUIRE(f.block_m == 128 && (f.block_n == 256 || f.block_n == 128),
-                      "gemm_tensorcore_with_plan: block tile " << f.block_m << " x " << f.block_n
-                                                               << " (128 x 256 or 128 x 128)");
+Plan plan_from(const GemmParams<T>& p, const GemmTensorCorePlan& f, const TileMenu& menu) {
+  const int BK = menu.bk;
+  int cfg = -1;
+  for (int c = 0; c < 2; ++c)
+    if (f.block_m == menu.bm[c] && f.block_n == menu.bn[c]) cfg = c;
+  CLIPCU_CUDA_REQUIRE(cfg >= 0, "gemm_tensorcore_with_plan: block tile " << f.block_m << " x " << f.block_n << " ("
+                                    << menu.bm[0] << " x " << menu.bn[0] << " or " << menu.bm[1] << " x "
+                                    << menu.bn[1] << ")");
   Plan plan;
-  plan.cfg = f.block_n == 256 ? 0 : 1;
-  plan.tiles = ((p.M + kCfgBM[plan.cfg] - 1) / kCfgBM[plan.cfg]) * ((p.N + kCfgBN[plan.cfg] - 1) / kCfgBN[plan.cfg]);
+  plan.cfg = cfg;
+  plan.bm = menu.bm[cfg], plan.bn = menu.bn[cfg];
+  plan.tiles = ((p.M + plan.bm - 1) / plan.bm) * ((p.N + plan.bn - 1) / plan.bn);
   CLIPCU_CUDA_REQUIRE(f.whole_tiles >= 0 && f.whole_tiles <= plan.tiles && f.splits >= 1,
                       "gemm_tensorcore_with_plan: whole_tiles " << f.whole_tiles << " of " << plan.tiles
                                                                 << ", splits " << f.splits);
@@ -724,42 +748,55 @@ Plan plan_from(const GemmParams<T>& p, const GemmTensorCorePlan& f) {
   plan.k_chunk = chunk_steps * BK;
   plan.splits = int(std::max<int64_t>((k_steps + chunk_steps - 1) / chunk_steps, 1));
   CLIPCU_CUDA_REQUIRE(plan.split_tiles() == 0 || (p.workspace && detail::aligned_to(p.workspace, 16) &&
-                                                  double(plan.workspace_floats(kCfgBM[plan.cfg], kCfgBN[plan.cfg])) * 4 <=
-                                                      double(p.workspace_bytes)),
+                                                  double(plan.workspace_floats()) * 4 <= double(p.workspace_bytes)),
                       "gemm_tensorcore_with_plan: split tiles need a 16-byte aligned workspace of "
-                          << plan.workspace_floats(kCfgBM[plan.cfg], kCfgBN[plan.cfg]) * 4 << " bytes");
+                          << plan.workspace_floats() * 4 << " bytes");
   return plan;
+}
+
+// cp.async needs a 16-byte aligned base and rows that are whole 16-byte chunks; the epilogue
+// moves 4 elements at a time when every [M, N] and [N] operand allows it.
+struct VecFlags {
+  bool a = false, b = false, out = false;
+};
+template <class T>
+VecFlags vec_flags(const GemmParams<T>& p) {
+  constexpr int E = 16 / sizeof(T);
+  const int64_t a_cols = p.trans_a ? p.M : p.K, b_cols = p.trans_b ? p.K : p.N;
+  constexpr size_t kOut = 4 * sizeof(T);
+  VecFlags v;
+  v.a = detail::aligned_to(p.A, 16) && a_cols % E == 0;
+  v.b = detail::aligned_to(p.B, 16) && b_cols % E == 0;
+  v.out = p.N % 4 == 0 && detail::aligned_to(p.C, kOut) && (!p.bias || detail::aligned_to(p.bias, kOut)) &&
+          (!p.pre_act || detail::aligned_to(p.pre_act, kOut)) && (!p.residual || detail::aligned_to(p.residual, kOut));
+  return v;
+}
+
+// The second pass of split tiles (a no-op without them).
+template <class T>
+void launch_splitk_reduce(const GemmParams<T>& p, const Plan& plan, float* partial, bool out_vec, int num_sms,
+                          cudaStream_t stream) {
+  if (!partial) return;
+  const int64_t quads = plan.split_tiles() * plan.bm * plan.bn / 4;
+  const int64_t blocks = std::min<int64_t>((quads + 255) / 256, int64_t(num_sms) * 16);
+  gemm_splitk_reduce_kernel<T><<<unsigned(blocks), 256, 0, stream>>>(p, partial, plan.whole_tiles, plan.split_tiles(),
+                                                                     plan.splits, plan.bm, plan.bn, out_vec);
+  CLIPCU_CUDA_CHECK_LAUNCH("gemm_splitk_reduce_kernel");
 }
 
 template <class T, bool kTransA, bool kTransB>
 void launch(const GemmParams<T>& p, cudaStream_t stream, const Plan* forced) {
-  constexpr int E = 16 / sizeof(T);
-  // cp.async needs a 16-byte aligned base and rows that are whole 16-byte chunks
-  const int64_t a_cols = kTransA ? p.M : p.K, b_cols = kTransB ? p.K : p.N;
-  const bool a_vec = detail::aligned_to(p.A, 16) && a_cols % E == 0;
-  const bool b_vec = detail::aligned_to(p.B, 16) && b_cols % E == 0;
-  // the epilogue moves 4 elements at a time when every [M, N] and [N] operand allows it
-  constexpr size_t kOut = 4 * sizeof(T);
-  const bool out_vec = p.N % 4 == 0 && detail::aligned_to(p.C, kOut) && (!p.bias || detail::aligned_to(p.bias, kOut)) &&
-                       (!p.pre_act || detail::aligned_to(p.pre_act, kOut)) &&
-                       (!p.residual || detail::aligned_to(p.residual, kOut));
+  const VecFlags v = vec_flags(p);
   const int num_sms = sm_count();
-  const Plan plan = forced ? *forced : plan_for(p, num_sms);
+  const Plan plan = forced ? *forced : plan_for(p, num_sms, mma_menu<T>());
   CLIPCU_CUDA_REQUIRE(plan.blocks() <= INT32_MAX, "gemm: M " << p.M << " N " << p.N << " needs too many blocks");
   float* partial = plan.split_tiles() > 0 ? static_cast<float*>(p.workspace) : nullptr;
   if (plan.cfg == 0) {
-    launch_shape<T, kTransA, kTransB, 2, 4>(p, plan, a_vec, b_vec, out_vec, partial, stream);
+    launch_shape<T, kTransA, kTransB, 2, 4>(p, plan, v.a, v.b, v.out, partial, stream);
   } else {
-    launch_shape<T, kTransA, kTransB, 2, 2>(p, plan, a_vec, b_vec, out_vec, partial, stream);
+    launch_shape<T, kTransA, kTransB, 2, 2>(p, plan, v.a, v.b, v.out, partial, stream);
   }
-  if (partial) {
-    const int bm = kCfgBM[plan.cfg], bn = kCfgBN[plan.cfg];
-    const int64_t quads = plan.split_tiles() * bm * bn / 4;
-    const int64_t blocks = std::min<int64_t>((quads + 255) / 256, int64_t(num_sms) * 16);
-    gemm_splitk_reduce_kernel<T><<<unsigned(blocks), 256, 0, stream>>>(p, partial, plan.whole_tiles,
-                                                                       plan.split_tiles(), plan.splits, bm, bn, out_vec);
-    CLIPCU_CUDA_CHECK_LAUNCH("gemm_splitk_reduce_kernel");
-  }
+  launch_splitk_reduce(p, plan, partial, v.out, num_sms, stream);
 }
 
 template <class T>
@@ -771,6 +808,361 @@ void launch_any(const GemmParams<T>& p, cudaStream_t stream, const Plan* forced)
 }
 
 }  // namespace mma
+
+// ---------------------------------------------------------------- Wgmma: the sm_90a kernel
+// (see gemm.cuh). Block tile BM x BN (BM = 128, BN = 256 or 128) over 256 threads: warpgroup w
+// (threads 128 w ..) owns rows 64 w .. 64 w + 63 and issues wgmma.m64n128k16 (BN / 128 of them
+// per k16 step), both operands read by the tensor cores straight from shared memory through
+// matrix descriptors; the f32 accumulators (BN / 2 per thread) live in registers.
+//
+// Shared tiles use the 128-byte swizzle of the wgmma descriptors (an XOR of the 16-byte chunk
+// index inside each 128-byte row with the row's index inside its 1024-byte group; groups start
+// at 1024-byte aligned addresses, so the pattern is a function of the address):
+//   K-major operand (A [M, K], B [N, K]: K contiguous in memory): row r (m or n) holds the step's
+//     BK = 64 k in 128 bytes; 8-row groups are 1024 bytes apart (the descriptor's stride offset);
+//     the k16 slice ks of a step starts 32 ks bytes into the row (the hardware applies the
+//     swizzle to the summed address).
+//   MN-major operand (A [K, M], B [K, N]: M or N contiguous): atoms of 64 (m or n) x 8 k, each
+//     8 rows of 128 bytes (row = k); atom (a, g) (a: 64-wide MN block, g: 8-k group) at
+//     (8 a + g) x 1024 bytes: the k16 slice ks is atoms g = 2 ks, 2 ks + 1 (stride offset 1024)
+//     and the next 64 of M or N is 8192 bytes on (the descriptor's leading offset). The
+//     instruction's transpose flag tells the tensor cores which of the two they read.
+// The global loads are 16-byte cp.async chunks (load_tile: consecutive threads, consecutive
+// chunks of a global row), or element-wise stores for unaligned operands, zero outside the
+// matrix.
+//
+// Pipeline (kStages shared stages, kStages - 2 steps of loads ahead): at step kt every thread
+// waits for its own copies of step kt, makes them visible to the tensor cores' async proxy
+// (fence.proxy.async), and the block meets at one barrier; then the warpgroups issue step kt's
+// wgmmas, the threads issue the copies of step kt + kStages - 2 into the stage of step kt - 2,
+// and each warpgroup waits until at most one wgmma group (step kt's) is in flight. Step
+// kt - 2's stage is free at step kt's barrier because every warpgroup had waited for its step
+// kt - 2 group before arriving there (in step kt - 1). The epilogue and split-K are the
+// mma.sync kernel's: the accumulators go through shared memory in 16 x 64 pieces per warp.
+namespace wg {
+
+// wgmma and the async-proxy fence need sm_90a's architecture-specific instructions: the kernel
+// body exists only there; other targets compile it empty and the host never launches it there
+// (gemm_wgmma_available runs a probe compiled under the same condition).
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define CLIPCU_GEMM_WGMMA 1
+#else
+#define CLIPCU_GEMM_WGMMA 0
+#endif
+
+constexpr int BM = 128, BK = 64;
+constexpr int kThreads = 256;       // two warpgroups
+constexpr int kAtomBytes = 1024;    // 8 rows of 128 bytes: the swizzle's repeating unit
+
+template <int BN>
+struct Geo {
+  static_assert(BN == 128 || BN == 256, "block tile 128 x 128 or 128 x 256");
+  static constexpr int kStages = BN == 256 ? 4 : 6;  // 192 KB of shared memory either way
+  static constexpr int kAElems = BM * BK, kBElems = BN * BK;
+  static constexpr size_t kPipeBytes = size_t(kStages) * (kAElems + kBElems) * 2;
+  static constexpr size_t kScratchBytes = size_t(kThreads / 32) * 16 * mma::kScratchLd * sizeof(float);
+  // + 1024: the dynamic shared memory is aligned up to the swizzle's 1024 bytes in the kernel
+  static constexpr size_t kSmemBytes = (kPipeBytes > kScratchBytes ? kPipeBytes : kScratchBytes) + kAtomBytes;
+};
+
+#if CLIPCU_GEMM_WGMMA
+constexpr int kInstN = 128;         // N of one wgmma
+constexpr int kRowBytes = 128;      // 64 bf16
+constexpr int kAtomElems = kAtomBytes / 2;
+
+// Element offsets inside a stage tile (the load_tile interface: row r of the global block,
+// element e along its contiguous dimension).
+struct KMajorTile {  // rows m or n, 64 k each
+  static constexpr int E = 8;
+  __host__ __device__ static constexpr int offset(int r, int e) {
+    return r * (kRowBytes / 2) + (((e >> 3) ^ (r & 7)) << 3) + (e & 7);
+  }
+};
+struct MnMajorTile {  // rows k (BK of them), the tile's M or N along e
+  static constexpr int E = 8;
+  __host__ __device__ static constexpr int offset(int k, int e) {
+    const int c = e >> 3;  // 16-byte chunk along M or N
+    return ((c >> 3) * (BK / 8) + (k >> 3)) * kAtomElems + (k & 7) * (kRowBytes / 2) + (((c & 7) ^ (k & 7)) << 3) +
+           (e & 7);
+  }
+};
+
+// Copies the block at (r0, c0) of a row-major global matrix [rows][cols] into a stage tile, like
+// mma::load_tile (which it calls for unaligned operands), with fewer registers in the cp.async
+// path: a thread's chunks sit kStep rows apart in one column of chunks, and because kStep is a
+// multiple of the swizzle's 8 rows they are also a fixed distance apart in the tile, so one
+// source pointer and one destination walk them (the accumulators leave little room).
+template <class Tile, int kRows, int kChunks>
+__device__ __forceinline__ void load_stage_tile(bf16* s, const bf16* g, int64_t rows, int64_t cols, int64_t r0,
+                                                int64_t c0, bool vec) {
+  if (!vec) {
+    mma::load_tile<Tile, kRows, kChunks, kThreads>(s, g, rows, cols, r0, c0, false);
+    return;
+  }
+  constexpr int kStep = kThreads / kChunks, kPer = kRows / kStep;
+  static_assert(kThreads % kChunks == 0 && kStep % 8 == 0 && kRows % kStep == 0, "whole swizzle groups per step");
+  constexpr int kDstStep = Tile::offset(kStep, 0) - Tile::offset(0, 0);
+  const int rt = int(threadIdx.x) / kChunks, ct = int(threadIdx.x) % kChunks;
+  const int64_t gc = c0 + int64_t(ct) * Tile::E;
+  const bool col_ok = gc < cols;
+  const bf16* src = g + (r0 + rt) * cols + gc;
+  bf16* dst = s + Tile::offset(rt, ct * Tile::E);
+  const int64_t src_step = int64_t(kStep) * cols;
+  int64_t rows_left = rows - (r0 + rt);  // rows at or below this thread's first
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const bool ok = col_ok && rows_left > 0;
+    cp_async16(dst, ok ? src : g, ok ? 16 : 0);
+    src += src_step;
+    dst += kDstStep;
+    rows_left -= kStep;
+  }
+}
+
+// A shared-memory matrix descriptor with the 128-byte swizzle: start address, leading and stride
+// byte offsets (each stored >> 4). The start address is the low field: adding (bytes >> 4) to a
+// descriptor moves it (addresses stay below 2^18, so the field never carries over).
+__device__ __forceinline__ uint64_t make_desc(uint32_t smem_addr, uint32_t lead_bytes, uint32_t stride_bytes) {
+  return uint64_t((smem_addr & 0x3FFFF) >> 4) | (uint64_t((lead_bytes & 0x3FFFF) >> 4) << 16) |
+         (uint64_t((stride_bytes & 0x3FFFF) >> 4) << 32) | (uint64_t(1) << 62);
+}
+// The descriptor of k16 slice 0 of the stage-0 tile at smem address `tile`, for the rows starting
+// at MN offset mn0 (a multiple of 64); slice_step: the bytes to the next k16 slice.
+template <bool kMnMajor>
+__device__ __forceinline__ uint64_t base_desc(uint32_t tile, int mn0) {
+  if constexpr (kMnMajor) {
+    // leading: the next 64 of M or N (an atom column of BK / 8 atoms); stride: the next 8 k
+    return make_desc(tile + uint32_t((mn0 / 64) * (BK / 8) * kAtomBytes), (BK / 8) * kAtomBytes, kAtomBytes);
+  } else {
+    // leading: unused with swizzling (1); stride: the next 8 rows
+    return make_desc(tile + uint32_t(mn0 * kRowBytes), 16, kAtomBytes);
+  }
+}
+template <bool kMnMajor>
+constexpr uint32_t kSliceStep = kMnMajor ? 2 * kAtomBytes : 32;
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Generic-proxy writes to shared memory (cp.async, st.shared) before async-proxy reads (wgmma).
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+// Keeps the compiler from moving accumulator accesses across the asynchronous wgmma window.
+template <int N>
+__device__ __forceinline__ void fence_regs(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// D[64 x 128] += A[64 x 16] B[16 x 128], bf16 inputs from shared memory, f32 accumulators.
+// kTransA / kTransB: the operand is MN-major in shared memory (1) or K-major (0).
+template <int kTransA, int kTransB>
+__device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a, uint64_t desc_b) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+      "%64, %65, p, 1, 1, %67, %68;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(desc_a), "l"(desc_b), "r"(1), "n"(kTransA), "n"(kTransB));
+}
+#endif
+
+// grid, workspace and tile order as gemm_mma_kernel; block: 256 threads; dynamic shared memory
+// Geo<BN>::kSmemBytes.
+template <bool kTransA, bool kTransB, int BN>
+__global__ void __launch_bounds__(kThreads, 1)
+    gemm_wgmma_kernel(const GemmParams<bf16> p, bool a_vec, bool b_vec, bool out_vec, int64_t whole_tiles, int splits,
+                      int64_t k_chunk, float* partial) {
+#if CLIPCU_GEMM_WGMMA
+  using G = Geo<BN>;
+  constexpr int kStages = G::kStages, kInsts = BN / kInstN;  // wgmmas per k16 step and warpgroup
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  // align the stages to the swizzle's 1024 bytes (in the shared address space the descriptors use)
+  const uint32_t raw_addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
+  const uint32_t pad = (kAtomBytes - (raw_addr % kAtomBytes)) % kAtomBytes;
+  unsigned char* const smem = smem_raw + pad;
+  const uint32_t smem_addr = raw_addr + pad;
+  bf16* const As = reinterpret_cast<bf16*>(smem);  // [kStages][G::kAElems]
+  bf16* const Bs = As + kStages * G::kAElems;      // [kStages][G::kBElems]
+  const uint32_t as_addr = smem_addr, bs_addr = smem_addr + uint32_t(kStages * G::kAElems * 2);
+
+  const int64_t M = p.M, N = p.N, K = p.K;
+  int64_t pid = blockIdx.x, k_begin = 0, k_end = K;
+  float* part = nullptr;  // this block's [BM][BN] partial sums (split tiles)
+  if (pid >= whole_tiles) {
+    const int64_t q = pid - whole_tiles, split = q % splits;
+    pid = whole_tiles + q / splits;
+    k_begin = split * k_chunk;
+    k_end = min(K, k_begin + k_chunk);
+    part = partial + q * (int64_t(BM) * BN);
+  }
+  int64_t m0, n0;
+  mma::tile_origin(pid, M, N, BM, BN, m0, n0);
+  const int64_t KT = k_end > k_begin ? (k_end - k_begin + BK - 1) / BK : 0;
+  const int wgi = int(threadIdx.x) / 128;  // this thread's warpgroup: rows 64 wgi ..
+
+  auto load_stage = [&](int stage, int64_t kt) {
+    const int64_t k0 = k_begin + kt * BK;
+    bf16* as = As + stage * G::kAElems;
+    bf16* bs = Bs + stage * G::kBElems;
+    if constexpr (!kTransA) {
+      load_stage_tile<KMajorTile, BM, BK / 8>(as, p.A, M, K, m0, k0, a_vec);  // A [M, K]
+    } else {
+      load_stage_tile<MnMajorTile, BK, BM / 8>(as, p.A, K, M, k0, m0, a_vec);  // A [K, M]
+    }
+    if constexpr (kTransB) {
+      load_stage_tile<KMajorTile, BN, BK / 8>(bs, p.B, N, K, n0, k0, b_vec);  // B [N, K]
+    } else {
+      load_stage_tile<MnMajorTile, BK, BN / 8>(bs, p.B, K, N, k0, n0, b_vec);  // B [K, N]
+    }
+  };
+
+  float acc[kInsts][64];
+#pragma unroll
+  for (int i = 0; i < kInsts; ++i)
+#pragma unroll
+    for (int e = 0; e < 64; ++e) acc[i][e] = 0.f;
+
+  constexpr int kAhead = kStages - 2;  // steps of loads in flight ahead of the one computed
+#pragma unroll
+  for (int s = 0; s < kAhead; ++s) {
+    if (s < KT) load_stage(s, s);
+    cp_async_commit();  // possibly empty: keeps the group count uniform
+  }
+  // the descriptors of stage 0, k16 slice 0 (A: this warpgroup's 64 rows; B: wgmma i's 128)
+  const uint64_t desc_a0 = base_desc<kTransA>(as_addr, 64 * wgi);
+  uint64_t desc_b0[kInsts];
+#pragma unroll
+  for (int i = 0; i < kInsts; ++i) desc_b0[i] = base_desc<!kTransB>(bs_addr, kInstN * i);
+  int stage = 0, write_stage = kAhead;
+  for (int64_t kt = 0; kt < KT; ++kt) {
+    // groups committed so far: kAhead + kt; at most kAhead - 1 pending => step kt landed
+    cp_async_wait<kAhead - 1>();
+    fence_proxy_async();
+    __syncthreads();  // step kt is in shared memory; step kt - 2's wgmmas are done everywhere
+    const uint64_t da = desc_a0 + uint64_t(stage * (G::kAElems * 2 / 16));
+    const uint64_t db = uint64_t(stage * (G::kBElems * 2 / 16));
+#pragma unroll
+    for (int i = 0; i < kInsts; ++i) fence_regs(acc[i]);
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < BK / 16; ++ks)
+#pragma unroll
+      for (int i = 0; i < kInsts; ++i)
+        wgmma_m64n128k16<kTransA ? 1 : 0, kTransB ? 0 : 1>(acc[i], da + ks * (kSliceStep<kTransA> / 16),
+                                                           desc_b0[i] + db + ks * (kSliceStep<!kTransB> / 16));
+    wgmma_commit();
+    // the copies of step kt + kAhead go to the stage of step kt - 2 (free, see above)
+    if (kt + kAhead < KT) load_stage(write_stage, kt + kAhead);
+    cp_async_commit();
+    wgmma_wait<1>();  // step kt - 1's group is done (this warpgroup)
+#pragma unroll
+    for (int i = 0; i < kInsts; ++i) fence_regs(acc[i]);
+    stage = stage + 1 == kStages ? 0 : stage + 1;
+    write_stage = write_stage + 1 == kStages ? 0 : write_stage + 1;
+  }
+  wgmma_wait<0>();
+#pragma unroll
+  for (int i = 0; i < kInsts; ++i) fence_regs(acc[i]);
+  cp_async_wait<0>();  // only empty groups can be pending; leave none behind
+  __syncthreads();     // every warpgroup is done with the stages: the scratch below reuses them
+
+  // Epilogue: warp w of warpgroup wgi holds rows r0 + g and r0 + g + 8 (r0 = 64 wgi + 16 (w % 4),
+  // g = lane / 4) of every 8-column group j: acc[j / 16][4 (j % 16) + e], columns 8 j + 2 t
+  // (+1 for odd e), t = lane % 4, the +8 row for e >= 2 (the m16n8 accumulator layout, repeated).
+  // Pieces of 16 rows x 64 columns go through the warp's scratch and come back as 4 consecutive
+  // columns per lane, as in the mma.sync kernel.
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  const int row0 = 64 * wgi + 16 * (warp % 4);
+  float* scratch = reinterpret_cast<float*>(smem) + warp * 16 * mma::kScratchLd;
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int piece = 0; piece < BN / 64; ++piece) {
+#pragma unroll
+    for (int jl = 0; jl < 8; ++jl) {
+      const int j = piece * 8 + jl, i = j / 16, b = 4 * (j % 16);
+      *reinterpret_cast<float2*>(scratch + g * mma::kScratchLd + jl * 8 + 2 * t) = make_float2(acc[i][b], acc[i][b + 1]);
+      *reinterpret_cast<float2*>(scratch + (g + 8) * mma::kScratchLd + jl * 8 + 2 * t) =
+          make_float2(acc[i][b + 2], acc[i][b + 3]);
+    }
+    __syncwarp();
+#pragma unroll 1
+    for (int it = 0; it < 8; ++it) {
+      const int r = it * 2 + (lane >> 4), c = (lane & 15) * 4;
+      const float4 v4 = *reinterpret_cast<const float4*>(scratch + r * mma::kScratchLd + c);
+      const float v[4] = {v4.x, v4.y, v4.z, v4.w};
+      if (part) {
+        *reinterpret_cast<float4*>(part + (row0 + r) * BN + piece * 64 + c) = v4;
+      } else {
+        const int64_t m = m0 + row0 + r, n = n0 + piece * 64 + c;
+        if (m < M && n < N) mma::epilogue4(p, m, n, v, out_vec);
+      }
+    }
+    __syncwarp();  // the next piece overwrites the scratch
+  }
+#else
+  (void)p, (void)a_vec, (void)b_vec, (void)out_vec, (void)whole_tiles, (void)splits, (void)k_chunk, (void)partial;
+  __trap();  // never launched: the host checks gemm_wgmma_available first
+#endif
+}
+
+// Writes 1 where the kernel above has a body (sm_90a code running on the device).
+__global__ void wgmma_probe_kernel(int* out) { *out = CLIPCU_GEMM_WGMMA; }
+
+// bf16 runs at roughly twice the mma.sync rate per SM (only the ratio to memory matters).
+inline mma::TileMenu menu() { return {{BM, BM}, {256, 128}, {1, 1}, BK, 3.2e12, {1.0, 0.9}}; }
+
+template <bool kTransA, bool kTransB, int BN>
+void launch_shape(const GemmParams<bf16>& p, const mma::Plan& plan, const mma::VecFlags& v, float* partial,
+                  cudaStream_t stream) {
+  using G = Geo<BN>;
+  CLIPCU_CUDA_REQUIRE(plan.bm == BM && plan.bn == BN, "gemm: plan tile " << plan.bm << " x " << plan.bn);
+  auto kernel = gemm_wgmma_kernel<kTransA, kTransB, BN>;
+  CLIPCU_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(G::kSmemBytes)));
+  kernel<<<unsigned(plan.blocks()), kThreads, G::kSmemBytes, stream>>>(p, v.a, v.b, v.out, plan.whole_tiles,
+                                                                      plan.splits, plan.k_chunk, partial);
+  CLIPCU_CUDA_CHECK_LAUNCH("gemm_wgmma_kernel");
+}
+
+template <bool kTransA, bool kTransB>
+void launch(const GemmParams<bf16>& p, cudaStream_t stream, const mma::Plan* forced) {
+  const mma::VecFlags v = mma::vec_flags(p);
+  const int num_sms = mma::sm_count();
+  const mma::Plan plan = forced ? *forced : mma::plan_for(p, num_sms, menu());
+  CLIPCU_CUDA_REQUIRE(plan.blocks() <= INT32_MAX, "gemm: M " << p.M << " N " << p.N << " needs too many blocks");
+  float* partial = plan.split_tiles() > 0 ? static_cast<float*>(p.workspace) : nullptr;
+  if (plan.bn == 256) {
+    launch_shape<kTransA, kTransB, 256>(p, plan, v, partial, stream);
+  } else {
+    launch_shape<kTransA, kTransB, 128>(p, plan, v, partial, stream);
+  }
+  mma::launch_splitk_reduce(p, plan, partial, v.out, num_sms, stream);
+}
+
+void launch_any(const GemmParams<bf16>& p, cudaStream_t stream, const mma::Plan* forced) {
+  if (!p.trans_a && !p.trans_b) launch<false, false>(p, stream, forced);
+  else if (!p.trans_a && p.trans_b) launch<false, true>(p, stream, forced);
+  else if (p.trans_a && !p.trans_b) launch<true, false>(p, stream, forced);
+  else launch<true, true>(p, stream, forced);
+}
+
+}  // namespace wg
 
 template <class T>
 void launch_simt(const GemmParams<T>& p, cudaStream_t stream) {
@@ -884,7 +1276,68 @@ void check_params(const GemmParams<T>& p) {
   CLIPCU_CUDA_REQUIRE(p.pre_act != p.C || !p.pre_act, "gemm: pre_act must not be C");
 }
 
+int current_device() {
+  int device = 0;
+  CLIPCU_CUDA_CHECK(cudaGetDevice(&device));
+  return device;
+}
+
+// The Wgmma backend: bf16 on the wgmma kernel (which must exist for this device), float on the
+// mma.sync kernel (TF32; wgmma's TF32 form cannot read MN-major operands).
+template <class T>
+void launch_wgmma_or_mma(const GemmParams<T>& p, cudaStream_t stream, const mma::Plan* forced) {
+  if constexpr (std::is_same_v<T, bf16>) {
+    CLIPCU_CUDA_REQUIRE(gemm_wgmma_available(current_device()),
+                        "gemm: the wgmma backend needs a Hopper GPU (compute capability 9.x) and a build with "
+                        "sm_90a device code (CMAKE_CUDA_ARCHITECTURES including 90a)");
+    wg::launch_any(p, stream, forced);
+  } else {
+    mma::launch_any(p, stream, forced);
+  }
+}
+
+// The tile menu of the kernel that runs p (TensorCore, or Wgmma: wgmma for bf16).
+template <class T>
+mma::TileMenu tensorcore_menu(const GemmParams<T>& p) {
+  CLIPCU_CUDA_REQUIRE(p.backend == GemmBackend::TensorCore || p.backend == GemmBackend::Wgmma,
+                      "gemm tensor-core plan: backend " << gemm_backend_name(p.backend)
+                                                        << " is not a tensor-core backend (tensorcore, wgmma)");
+  if (p.backend == GemmBackend::Wgmma && std::is_same_v<T, bf16>) return wg::menu();
+  return mma::mma_menu<T>();
+}
+
 }  // namespace
+
+bool gemm_wgmma_available(int device) {
+  static std::mutex mu;
+  static std::vector<int> known;  // per device: -1 unknown, 0 no, 1 yes
+  std::lock_guard<std::mutex> lock(mu);
+  if (device < 0) return false;
+  if (size_t(device) >= known.size()) known.resize(size_t(device) + 1, -1);
+  if (known[size_t(device)] >= 0) return known[size_t(device)] == 1;
+  int major = 0;
+  CLIPCU_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  bool yes = false;
+  if (major == 9) {
+    // the probe answers whether the code this build has for the device is sm_90a's (an sm_80 or
+    // plain sm_90 binary runs here too, with the kernel compiled empty)
+    int prev = 0;
+    CLIPCU_CUDA_CHECK(cudaGetDevice(&prev));
+    CLIPCU_CUDA_CHECK(cudaSetDevice(device));
+    int* flag = nullptr;
+    CLIPCU_CUDA_CHECK(cudaMalloc(&flag, sizeof(int)));
+    CLIPCU_CUDA_CHECK(cudaMemset(flag, 0, sizeof(int)));
+    wg::wgmma_probe_kernel<<<1, 1>>>(flag);
+    CLIPCU_CUDA_CHECK_LAUNCH("wgmma_probe_kernel");
+    int host = 0;
+    CLIPCU_CUDA_CHECK(cudaMemcpy(&host, flag, sizeof(int), cudaMemcpyDeviceToHost));
+    CLIPCU_CUDA_CHECK(cudaFree(flag));
+    CLIPCU_CUDA_CHECK(cudaSetDevice(prev));
+    yes = host == 1;
+  }
+  known[size_t(device)] = yes ? 1 : 0;
+  return yes;
+}
 
 template <class T>
 void gemm(const GemmParams<T>& p, cudaStream_t stream) {
@@ -894,13 +1347,15 @@ void gemm(const GemmParams<T>& p, cudaStream_t stream) {
   // cuBLAS does not take K == 0 everywhere, and its int arguments bound the fallback's sizes
   if (backend == GemmBackend::Cublas && (p.K == 0 || p.M > INT32_MAX || p.N > INT32_MAX || p.K > INT32_MAX))
     backend = GemmBackend::Simple;
-  // the TensorCore grid counts all tiles in x (at most 2^31 - 1 of the 128 x 128 ones)
-  CLIPCU_CUDA_REQUIRE(backend != GemmBackend::TensorCore || ((p.M + 127) / 128) * ((p.N + 127) / 128) <= INT32_MAX,
+  // the tensor-core grids count all tiles in x (at most 2^31 - 1 of the 128 x 128 ones)
+  CLIPCU_CUDA_REQUIRE(backend == GemmBackend::Simple || backend == GemmBackend::Cublas ||
+                          ((p.M + 127) / 128) * ((p.N + 127) / 128) <= INT32_MAX,
                       "gemm: M " << p.M << " x N " << p.N << " is beyond the tensor-core kernel's grid");
   switch (backend) {
     case GemmBackend::Simple: launch_simt(p, stream); break;
     case GemmBackend::TensorCore: mma::launch_any(p, stream, nullptr); break;
     case GemmBackend::Cublas: launch_cublas(p, stream); break;
+    case GemmBackend::Wgmma: launch_wgmma_or_mma(p, stream, nullptr); break;
   }
 }
 
@@ -913,10 +1368,11 @@ void gemm_epilogue(const GemmParams<T>& p, cudaStream_t stream) {
 template <class T>
 GemmTensorCorePlan gemm_tensorcore_plan(const GemmParams<T>& p) {
   check_params(p);
+  const mma::TileMenu menu = tensorcore_menu(p);
   if (p.M == 0 || p.N == 0) return {};
-  const mma::Plan plan = mma::plan_for(p, mma::sm_count());
+  const mma::Plan plan = mma::plan_for(p, mma::sm_count(), menu);
   GemmTensorCorePlan r;
-  r.block_m = mma::kCfgBM[plan.cfg], r.block_n = mma::kCfgBN[plan.cfg];
+  r.block_m = plan.bm, r.block_n = plan.bn;
   r.whole_tiles = plan.whole_tiles, r.split_tiles = plan.split_tiles();
   r.splits = r.split_tiles > 0 ? plan.splits : 1;
   return r;
@@ -925,9 +1381,14 @@ GemmTensorCorePlan gemm_tensorcore_plan(const GemmParams<T>& p) {
 template <class T>
 void gemm_tensorcore_with_plan(const GemmParams<T>& p, const GemmTensorCorePlan& plan, cudaStream_t stream) {
   check_params(p);
+  const mma::TileMenu menu = tensorcore_menu(p);
   if (p.M == 0 || p.N == 0) return;
-  const mma::Plan forced = mma::plan_from(p, plan);
-  mma::launch_any(p, stream, &forced);
+  const mma::Plan forced = mma::plan_from(p, plan, menu);
+  if (p.backend == GemmBackend::Wgmma) {
+    launch_wgmma_or_mma(p, stream, &forced);
+  } else {
+    mma::launch_any(p, stream, &forced);
+  }
 }
 
 std::vector<GemmBackend> gemm_backends(int device) {
@@ -935,7 +1396,9 @@ std::vector<GemmBackend> gemm_backends(int device) {
   CLIPCU_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
   // the tensor-core kernels use mma.sync bf16 / tf32, ldmatrix and cp.async: sm_80 and later
   if (major < 8) return {GemmBackend::Simple, GemmBackend::Cublas};
-  return {GemmBackend::Simple, GemmBackend::TensorCore, GemmBackend::Cublas};
+  std::vector<GemmBackend> all = {GemmBackend::Simple, GemmBackend::TensorCore, GemmBackend::Cublas};
+  if (gemm_wgmma_available(device)) all.push_back(GemmBackend::Wgmma);
+  return all;
 }
 
 template void gemm<float>(const GemmParams<float>&, cudaStream_t);

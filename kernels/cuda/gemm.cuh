@@ -24,6 +24,12 @@
 //               1e-3 relative error, not float32 accuracy).
 //   Cublas:     cublasLtMatmul (bias fused), falling back to cublasGemmEx when the heuristic
 //               finds no algorithm; the other epilogue steps run as one elementwise pass.
+//   Wgmma:      Hopper's warpgroup MMA (wgmma.mma_async, sm_90a builds on sm_90 GPUs only): block
+//               tiles 128 x 256 or 128 x 128 computed by two warpgroups straight from 128-byte
+//               swizzled shared memory (all four transpose forms through the descriptors' K- or
+//               MN-major layouts, no operand copies), a cp.async ring with one wgmma group in
+//               flight behind the loads, the same epilogue and split-K as TensorCore. bf16 only:
+//               float products on this backend run the TensorCore kernel (TF32).
 #pragma once
 #include <cublasLt.h>
 #include <cublas_v2.h>
@@ -37,16 +43,21 @@
 namespace clipcu::cuda {
 
 // New values go at the end (the numbering of the existing ones stays).
-enum class GemmBackend { Simple, TensorCore, Cublas };
+enum class GemmBackend { Simple, TensorCore, Cublas, Wgmma };
 const char* gemm_backend_name(GemmBackend b);
 
 // Every backend this build can run on the given device, in enum order (tests and benchmarks
-// iterate over it; a backend that needs a newer GPU than `device` is left out).
+// iterate over it; a backend that needs a newer GPU than `device`, or device code this build
+// does not contain, is left out).
 std::vector<GemmBackend> gemm_backends(int device = 0);
+
+// Whether this build can run the Wgmma backend on the device: a Hopper GPU (compute capability
+// 9.x) and kernels compiled for sm_90a (checked once per device by running a probe kernel).
+bool gemm_wgmma_available(int device);
 
 // Whether the backend rounds float inputs to TF32 (accuracy about 1e-3 instead of float32's).
 inline bool gemm_backend_uses_tf32(GemmBackend b) {
-  return b == GemmBackend::TensorCore;
+  return b == GemmBackend::TensorCore || b == GemmBackend::Wgmma;
 }
 
 template <class T>
@@ -79,9 +90,10 @@ struct GemmParams {
 template <class T>
 void gemm(const GemmParams<T>& p, cudaStream_t stream);
 
-// How the TensorCore backend computes this product on the current device: its block tile, the
-// tiles computed whole and those cut into `splits` pieces along K (split-K, into the
-// workspace). For tests (which check that every path ran) and benchmark labels.
+// How the tensor-core backend p.backend (TensorCore, or Wgmma for bf16) computes this product on
+// the current device: its block tile, the tiles computed whole and those cut into `splits`
+// pieces along K (split-K, into the workspace). For tests (which check that every path ran)
+// and benchmark labels.
 struct GemmTensorCorePlan {
   int block_m = 0, block_n = 0;
   int64_t whole_tiles = 0, split_tiles = 0;
@@ -90,10 +102,10 @@ struct GemmTensorCorePlan {
 template <class T>
 GemmTensorCorePlan gemm_tensorcore_plan(const GemmParams<T>& p);
 
-// Test hook: the TensorCore backend with a given plan instead of its own choice (block tile
-// 128 x 256 or 128 x 128; the first whole_tiles tiles whole, the others in `splits` pieces
-// along K, fewer when K has fewer steps; split_tiles is ignored). Split tiles need the
-// workspace. Throws clipcu::Error on a plan it cannot run.
+// Test hook: the tensor-core backend p.backend (TensorCore or Wgmma, as above) with a given plan
+// instead of its own choice (block tile 128 x 256 or 128 x 128; the first whole_tiles tiles
+// whole, the others in `splits` pieces along K, fewer when K has fewer steps; split_tiles is
+// ignored). Split tiles need the workspace. Throws clipcu::Error on a plan it cannot run.
 template <class T>
 void gemm_tensorcore_with_plan(const GemmParams<T>& p, const GemmTensorCorePlan& plan, cudaStream_t stream);
 
