@@ -24,14 +24,8 @@ using namespace detail;
 
 #ifdef CLIPCU_WITH_CUDA
 namespace {
-// Read at every call, like CLIPCU_GEMM, so that a test can switch it within one process.
 cuda::AttentionKernel attention_kernel() {
-  const char* v = std::getenv("CLIPCU_ATTENTION");
-  const std::string s = v ? v : "";
-  if (s.empty() || s == "tensorcore") return cuda::AttentionKernel::TensorCore;
-  if (s == "tiled") return cuda::AttentionKernel::Tiled;
-  if (s == "simple") return cuda::AttentionKernel::Simple;
-  CLIPCU_FAIL("CLIPCU_ATTENTION='" << s << "': expected tensorcore (the default), tiled or simple");
+  return variant_from_env("CLIPCU_ATTENTION", cuda::AttentionKernel::TensorCore, cuda::attention_kernel_name);
 }
 }  // namespace
 #endif

@@ -6,7 +6,12 @@
 // BF16 (float accumulation inside the kernels); index tensors I32 or I64 on either device.
 #pragma once
 #include <cstdint>
+#include <cstdlib>
+#include <initializer_list>
+#include <sstream>
+#include <string>
 #include <type_traits>
+#include <utility>
 
 #include "engine/device.h"
 #include "engine/tensor.h"
@@ -17,6 +22,32 @@
 #endif
 
 namespace clipcu::ops::detail {
+
+// The kernel variant named by the environment variable `var` (CLIPCU_GEMM, CLIPCU_ATTENTION,
+// CLIPCU_CONV_KERNEL; read at every call, cheap next to a launch, so that a test or a benchmark
+// can switch it within one process): `fallback` when unset or empty, else the enum value E(i)
+// whose name(E(i)) matches (values 0, 1, ... until name answers "?" or nullptr, the kernels'
+// *_name convention) or one of the `aliases`; anything else is a clipcu::Error that names the
+// variable and lists the choices.
+template <class E>
+E variant_from_env(const char* var, E fallback, const char* (*name)(E),
+                   std::initializer_list<std::pair<const char*, E>> aliases = {}) {
+  const char* raw = std::getenv(var);
+  if (!raw || !*raw) return fallback;
+  const std::string want = raw;
+  std::ostringstream choices;
+  for (int i = 0; i < 64; ++i) {
+    const char* n = name(E(i));
+    if (!n || std::string(n) == "?") break;
+    if (want == n) return E(i);
+    choices << (i ? ", " : "") << n << (E(i) == fallback ? " (the default)" : "");
+  }
+  for (const auto& [alias, value] : aliases) {
+    if (want == alias) return value;
+    choices << ", " << alias << " (= " << name(value) << ")";
+  }
+  CLIPCU_FAIL(var << "='" << want << "': expected one of " << choices.str());
+}
 
 // Floating arguments: defined, and of a dtype the tensor's device computes in: F32 or F64 on
 // the CPU, F32 or BF16 on a CUDA device (builds without the CUDA backend reject CUDA tensors).

@@ -128,8 +128,8 @@ void with_gpu_float(DType t, F&& f) {
 Tensor scratch(size_t bytes, Device d) { return Tensor::empty({int64_t(std::max<size_t>(bytes, 1))}, DType::U8, d); }
 
 cuda::ConvKernel conv_kernel_for(DType dt) {
-  if (const char* env = std::getenv("CLIPCU_CONV_KERNEL"); env && *env) return cuda::parse_conv_kernel(env);
-  return dt == DType::F32 ? cuda::ConvKernel::Simple : cuda::ConvKernel::TensorCore;
+  return variant_from_env("CLIPCU_CONV_KERNEL", dt == DType::F32 ? cuda::ConvKernel::Simple : cuda::ConvKernel::TensorCore,
+                          cuda::conv_kernel_name);
 }
 
 cuda::ConvShape gpu_conv_shape(const cpu::Conv2dDims& d, DType dt, Device dev) {

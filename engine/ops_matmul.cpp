@@ -38,16 +38,9 @@ bool env_flag(const char* name) {
   return v && *v && std::string(v) != "0";
 }
 
-// The backend named by CLIPCU_GEMM, read at every call (cheap next to a GEMM launch) so that a
-// test or a benchmark can switch it within one process.
 cuda::GemmBackend gemm_backend() {
-  const char* v = std::getenv("CLIPCU_GEMM");
-  const std::string s = v ? v : "";
-  if (s.empty() || s == "cublas") return cuda::GemmBackend::Cublas;
-  if (s == "ours" || s == "tensorcore") return cuda::GemmBackend::TensorCore;
-  if (s == "simple") return cuda::GemmBackend::Simple;
-  if (s == "wgmma") return cuda::GemmBackend::Wgmma;
-  CLIPCU_FAIL("CLIPCU_GEMM='" << s << "': expected cublas (the default), ours, wgmma or simple");
+  return variant_from_env("CLIPCU_GEMM", cuda::GemmBackend::Cublas, cuda::gemm_backend_name,
+                          {{"ours", cuda::GemmBackend::TensorCore}});
 }
 
 // C = op(A) op(B) (+ beta C) (+ bias) on the current stream of `on`'s device.

@@ -63,15 +63,6 @@ const char* conv_kernel_name(ConvKernel k) {
   return "?";
 }
 
-ConvKernel parse_conv_kernel(const char* name) {
-  const std::string s = name ? name : "";
-  if (s == "simple") return ConvKernel::Simple;
-  if (s == "tensorcore") return ConvKernel::TensorCore;
-  if (s == "cudnn") return ConvKernel::Cudnn;
-  CLIPCU_CUDA_REQUIRE(false, "conv2d: unknown kernel '" << s << "' (expected simple, tensorcore or cudnn)");
-  return ConvKernel::TensorCore;
-}
-
 bool conv_cudnn_built() {
 #ifdef CLIPCU_WITH_CUDNN
   return true;

@@ -27,8 +27,6 @@ namespace clipcu::cuda {
 
 enum class ConvKernel { Simple, TensorCore, Cudnn };
 const char* conv_kernel_name(ConvKernel k);
-// Parses "simple", "tensorcore", "cudnn"; throws clipcu::Error on anything else.
-ConvKernel parse_conv_kernel(const char* name);
 // True when this build links cuDNN (ConvKernel::Cudnn works).
 bool conv_cudnn_built();
 
