@@ -23,6 +23,12 @@
 
 namespace clipcu::ops::detail {
 
+// Whether the environment variable `name` is set to something other than "" or "0" (CLIPCU_TF32).
+inline bool env_flag(const char* name) {
+  const char* v = std::getenv(name);
+  return v && *v && std::string(v) != "0";
+}
+
 // The kernel variant named by the environment variable `var` (CLIPCU_GEMM, CLIPCU_ATTENTION,
 // CLIPCU_CONV_KERNEL; read at every call, cheap next to a launch, so that a test or a benchmark
 // can switch it within one process): `fallback` when unset or empty, else the enum value E(i)

@@ -33,11 +33,6 @@ using namespace detail;
 #ifdef CLIPCU_WITH_CUDA
 namespace {
 
-bool env_flag(const char* name) {
-  const char* v = std::getenv(name);
-  return v && *v && std::string(v) != "0";
-}
-
 cuda::GemmBackend gemm_backend() {
   return variant_from_env("CLIPCU_GEMM", cuda::GemmBackend::Cublas, cuda::gemm_backend_name,
                           {{"ours", cuda::GemmBackend::TensorCore}});

@@ -36,8 +36,9 @@
 // channel, fixed order, for every kernel.
 //
 // Cudnn: cudnnConvolution{Forward,BackwardData,BackwardFilter} in NCHW with float compute, the
-// algorithm picked by cuDNN's heuristic (the first one that runs, fits 1 GiB of workspace and,
-// for exact float, is neither FFT nor Winograd), cached per shape, type and pass. Backward passes
+// algorithm picked by cuDNN's heuristic (the first one that runs, is deterministic, fits 1 GiB
+// of workspace and, for exact float, is neither FFT nor Winograd), cached per shape, type and
+// pass. Backward passes
 // run with beta = 1 (accumulate).
 #include "kernels/cuda/conv.cuh"
 
@@ -750,8 +751,10 @@ std::map<std::array<int64_t, 13>, CudnnChoice>& cudnn_cache() {
   return c;
 }
 
-// The algorithm cuDNN's heuristic ranks first among those that run, fit the workspace limit
-// and, for exact float (no TF32), avoid FFT and Winograd (their rounding is not float32's).
+// The algorithm cuDNN's heuristic ranks first among those that run, are deterministic (the same
+// bits on every run, like our kernels: some backward algorithms add with atomics), fit the
+// workspace limit and, for exact float (no TF32), avoid FFT and Winograd (their rounding is not
+// float32's).
 template <class T>
 CudnnChoice cudnn_choose(const ConvShape& s, Pass pass) {
   CLIPCU_CUDA_REQUIRE(s.cudnn, "conv2d: the Cudnn kernel needs ConvShape::cudnn (a cudnnHandle_t)");
@@ -776,7 +779,9 @@ CudnnChoice cudnn_choose(const ConvShape& s, Pass pass) {
                                                               CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, perf));
     for (int i = 0; i < returned && !found; ++i) {
       const auto a = perf[i].algo;
-      if (perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].memory > kCudnnMaxWorkspace) continue;
+      if (perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].determinism != CUDNN_DETERMINISTIC ||
+          perf[i].memory > kCudnnMaxWorkspace)
+        continue;
       if (exact && (a == CUDNN_CONVOLUTION_FWD_ALGO_FFT || a == CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING ||
                     a == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD || a == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED))
         continue;
@@ -791,7 +796,9 @@ CudnnChoice cudnn_choose(const ConvShape& s, Pass pass) {
         h, d.w, d.y, d.conv, d.x, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &returned, perf));
     for (int i = 0; i < returned && !found; ++i) {
       const auto a = perf[i].algo;
-      if (perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].memory > kCudnnMaxWorkspace) continue;
+      if (perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].determinism != CUDNN_DETERMINISTIC ||
+          perf[i].memory > kCudnnMaxWorkspace)
+        continue;
       if (exact && (a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT || a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING ||
                     a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD ||
                     a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED))
@@ -808,7 +815,9 @@ CudnnChoice cudnn_choose(const ConvShape& s, Pass pass) {
         h, d.x, d.y, d.conv, d.w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &returned, perf));
     for (int i = 0; i < returned && !found; ++i) {
       const auto a = perf[i].algo;
-      if (perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].memory > kCudnnMaxWorkspace) continue;
+      if (perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].determinism != CUDNN_DETERMINISTIC ||
+          perf[i].memory > kCudnnMaxWorkspace)
+        continue;
       if (exact && (a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT || a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT_TILING ||
                     a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED))
         continue;
