@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -130,10 +131,10 @@ bool is_tensorcore_backend(cuda::GemmBackend b) {
 // element to force the element-wise (non-cp.async) loads. all_plans: the tensor-core backends
 // (TensorCore, and Wgmma on Hopper) also run with both block tiles, each with all tiles whole,
 // all split along K, and half and half (independent of the plan they pick on this GPU).
-// expect_split: their own plan must split K.
+// expect_split: their own plan must split K. only: run that backend alone (the smoke test).
 template <class T>
 void gemm_case(bool ta, bool tb, GemmShape s, const Epilogue& epi, int offset, uint64_t seed, WorstError& worst,
-               bool all_plans = false, bool expect_split = false) {
+               bool all_plans = false, bool expect_split = false, std::optional<cuda::GemmBackend> only = {}) {
   const int64_t M = s.M, N = s.N, K = s.K;
   Rng rng(seed);
   const std::vector<double> A = stored<T>(randn(size_t(M * K), rng)), B = stored<T>(randn(size_t(K * N), rng));
@@ -166,7 +167,8 @@ void gemm_case(bool ta, bool tb, GemmShape s, const Epilogue& epi, int offset, u
     cuda::GemmTensorCorePlan plan;
   };
   std::vector<Run> runs;
-  const std::vector<cuda::GemmBackend> backends = cuda::gemm_backends();
+  std::vector<cuda::GemmBackend> backends = cuda::gemm_backends();
+  if (only) backends = {*only};
   for (cuda::GemmBackend be : backends) runs.push_back({be, false, {}});
   if (all_plans)
     for (cuda::GemmBackend be : backends) {
@@ -220,6 +222,25 @@ void gemm_case(bool ta, bool tb, GemmShape s, const Epilogue& epi, int offset, u
 }
 
 }  // namespace
+
+// The device check runs this first, alone, with a short time limit: if the Hopper kernel faults
+// (which would poison the CUDA context of the whole test program), it hides the backend with
+// CLIPCU_WGMMA=0 for the rest of its run and reports the failure.
+CLIPCU_GPU_TEST("cuda gemm: wgmma smoke test, one product per transpose form against the CPU") {
+  if (!cuda::gemm_wgmma_available(0)) {
+    WARN_MESSAGE(false, "the wgmma backend is not available here (it needs a Hopper GPU, sm_90a device code and "
+                        "CLIPCU_WGMMA not 0): smoke test not run");
+    return;
+  }
+  WorstError worst{"gemm wgmma smoke bf16", 0.0, {}};
+  uint64_t seed = 9000;
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      // partial tiles in M, N and K; then two whole 128 x 256 tiles with a 4-step pipeline
+      gemm_case<bf16>(ta, tb, {200, 136, 96}, kEpilogues[0], 0, seed++, worst, false, false, cuda::GemmBackend::Wgmma);
+      gemm_case<bf16>(ta, tb, {256, 256, 512}, kEpilogues[0], 0, seed++, worst, false, false, cuda::GemmBackend::Wgmma);
+    }
+}
 
 CLIPCU_GPU_TEST("cuda gemm: every backend, transpose form and epilogue against the CPU") {
   // the shapes with epilogues are 3 and 4 (small runs keep 0-3 and use 3 twice)

@@ -223,11 +223,33 @@ run_benches() {
 }
 : >"$OUTDIR/bench.log"
 
+# ---------------------------------------------------------------- wgmma smoke test
+# The Hopper GEMM first, alone and briefly: a fault in it would poison the CUDA context of the
+# whole test_cuda_ops run (and a hang would eat the budget). When it fails, CLIPCU_WGMMA=0 hides
+# the backend from everything after this stage, so the other kernels' results still come back.
+: >"$OUTDIR/test_cuda.log"
+if [ -x "$BUILD/tests/test_cuda_ops" ]; then
+  echo "===== test_cuda_ops: wgmma smoke test" >>"$OUTDIR/test_cuda.log"
+  timed 60 "$BUILD/tests/test_cuda_ops" '--test-case=cuda gemm: wgmma smoke*' >"$OUTDIR/.one.log" 2>&1
+  cat "$OUTDIR/.one.log" >>"$OUTDIR/test_cuda.log"
+  asserts="$(grep -oE '^\[doctest\] assertions: *[0-9]+' "$OUTDIR/.one.log" | grep -oE '[0-9]+$')"
+  if grep -q 'wgmma backend is not available' "$OUTDIR/.one.log"; then
+    record "wgmma smoke test" SKIP "$SECS" "not available on this GPU / build"
+  elif [ "$RC" -eq 0 ] && [ "${asserts:-0}" -eq 0 ]; then
+    record "wgmma smoke test" "NOT RUN" "$SECS" "no assertion ran (no GPU answered?)"
+  elif [ "$RC" -eq 0 ]; then
+    record "wgmma smoke test" PASS "$SECS" "$(grep -E 'worst rel err' "$OUTDIR/.one.log" | sed -E 's/^.*MESSAGE: //' | head -1)"
+  else
+    export CLIPCU_WGMMA=0
+    record "wgmma smoke test" "$(verdict $RC)" "$SECS" "CLIPCU_WGMMA=0 for the rest of the run; see test_cuda.log"
+  fi
+  rm -f "$OUTDIR/.one.log"
+fi
+
 # ---------------------------------------------------------------- CUDA tests
 # every tests/test_cuda_* program, in full, one after the other into test_cuda.log
 CUDA_TESTS=()
 for t in "$BUILD"/tests/test_cuda_*; do [ -x "$t" ] && CUDA_TESTS+=("$t"); done
-: >"$OUTDIR/test_cuda.log"
 if [ ${#CUDA_TESTS[@]} -eq 0 ]; then
   record "CUDA tests" FAIL 0 "no tests/test_cuda_* program was built"
 fi

@@ -33,7 +33,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <mutex>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -1315,6 +1317,14 @@ bool gemm_wgmma_available(int device) {
   if (device < 0) return false;
   if (size_t(device) >= known.size()) known.resize(size_t(device) + 1, -1);
   if (known[size_t(device)] >= 0) return known[size_t(device)] == 1;
+  static const bool hidden = [] {
+    const char* v = std::getenv("CLIPCU_WGMMA");
+    return v && std::string(v) == "0";
+  }();
+  if (hidden) {
+    known[size_t(device)] = 0;
+    return false;
+  }
   int major = 0;
   CLIPCU_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
   bool yes = false;

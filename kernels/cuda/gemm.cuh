@@ -53,6 +53,9 @@ std::vector<GemmBackend> gemm_backends(int device = 0);
 
 // Whether this build can run the Wgmma backend on the device: a Hopper GPU (compute capability
 // 9.x) and kernels compiled for sm_90a (checked once per device by running a probe kernel).
+// CLIPCU_WGMMA=0 in the environment hides it (false everywhere; read once): the device check
+// sets it when its wgmma smoke test fails, so that one broken kernel cannot take the rest of a
+// test program down with it (a kernel fault poisons the whole CUDA context).
 bool gemm_wgmma_available(int device);
 
 // Whether the backend rounds float inputs to TF32 (accuracy about 1e-3 instead of float32's).
