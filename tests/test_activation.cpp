@@ -2,6 +2,7 @@
 // points and in the tails, float64 finite-difference checks, and errors.
 #include <algorithm>
 #include <bit>
+#include <cfloat>
 #include <cmath>
 #include <functional>
 #include <limits>
@@ -152,6 +153,36 @@ TEST_CASE("exp_f32 (the vectorizable float exp): within 1 ulp of float64 exp, ex
   CHECK(std::isnan(cpu::exp_f32(NAN)));
   CHECK(cpu::exp_f32(88.7f) == doctest::Approx(std::exp(double(88.7f))).epsilon(2e-7));  // near FLT_MAX, finite
   CHECK(cpu::exp_fast(0.5) == std::exp(0.5));  // float64 is the library's exp
+}
+
+TEST_CASE("erfc_f32 (the vectorizable float erfc): within 8 ulp of float64 erfc, exact ends") {
+  double worst_ulp = 0, worst_at = 0, sum_ulp = 0;
+  int64_t points = 0;
+  auto check = [&](float x) {
+    const double ref = std::erfc(double(x));
+    if (ref < double(FLT_MIN)) return;  // subnormal or zero results: not held to ulps
+    const float got = cpu::erfc_f32(x);
+    const float r = float(ref);
+    const double ulp = double(std::nextafter(r, INFINITY)) - double(r);
+    const double e = std::fabs(double(got) - ref) / ulp;
+    sum_ulp += e;
+    ++points;
+    if (e > worst_ulp) worst_ulp = e, worst_at = x;
+  };
+  // every float in [0.25, 4) with a stride of 7 ulps, then an even grid over [-4, 10]
+  for (uint32_t b = std::bit_cast<uint32_t>(0.25f); b < std::bit_cast<uint32_t>(4.0f); b += 7)
+    check(std::bit_cast<float>(b));
+  for (int i = 0; i <= 1400000; ++i) check(-4.0f + 14.0f * float(i) / 1400000.0f);
+  MESSAGE("erfc_f32: worst " << worst_ulp << " ulp at x = " << worst_at << ", mean " << sum_ulp / double(points)
+                             << " ulp over " << points << " points");
+  CHECK(worst_ulp <= 8.0);
+  CHECK(sum_ulp / double(points) <= 1.0);
+  CHECK(cpu::erfc_f32(0.0f) == 1.0f);
+  CHECK(cpu::erfc_f32(-0.0f) == 1.0f);
+  for (float x : {10.5f, 11.0f, 100.0f, 1e30f, INFINITY}) CHECK(cpu::erfc_f32(x) == 0.0f);
+  for (float x : {-10.5f, -11.0f, -100.0f, -1e30f, -INFINITY}) CHECK(cpu::erfc_f32(x) == 2.0f);
+  CHECK(std::isnan(cpu::erfc_f32(NAN)));
+  CHECK(cpu::erfc_fast(0.5) == std::erfc(0.5));  // float64 is the library's erfc
 }
 
 TEST_CASE("activations: baseline and AVX2 loops agree with float64, threaded sizes and odd tails") {
