@@ -28,7 +28,7 @@ std::string quote(const std::string& s) {
 // Fill colours by kind of op, so that the heavy ops stand out.
 const char* fill_for(const std::string& op) {
   static const std::set<std::string> dense = {"linear", "matmul", "conv2d", "attention", "attention_causal"};
-  static const std::set<std::string> norm = {"layer_norm", "batch_norm2d", "l2_normalize"};
+  static const std::set<std::string> norm = {"layer_norm", "batch_norm2d", "batch_norm2d_relu", "l2_normalize"};
   static const std::set<std::string> move = {"reshape", "permute", "slice", "concat", "gather_rows"};
   static const std::set<std::string> loss = {"clip_loss", "softmax_cross_entropy"};
   if (dense.count(op)) return "#f9c784";

@@ -62,8 +62,8 @@ Tensor l2_normalize(const Tensor& x);
 // unbiased batch variance (PyTorch's rule). Inference: the running statistics are used.
 Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor running_mean,
                     Tensor running_var, bool training, double momentum = 0.1, double eps = 1e-5);
-// relu(batch_norm2d(...)), the ResNet pattern: one fused op (and kernel) each way on the GPU; the
-// CPU runs batch_norm2d then relu.
+// relu(batch_norm2d(...)), the ResNet pattern: one fused op (and kernel) each way, on the GPU and
+// on the CPU.
 Tensor batch_norm2d_relu(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor running_mean,
                          Tensor running_var, bool training, double momentum = 0.1, double eps = 1e-5);
 

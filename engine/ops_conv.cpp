@@ -386,7 +386,6 @@ Tensor batch_norm2d_impl(const Tensor& x, const Tensor& weight, const Tensor& bi
   if (gpu) return batch_norm2d_gpu(x, weight, bias, running_mean, running_var, training, momentum, eps, param_type, relu);
 #endif
   (void)param_type;
-  if (relu) return ops::relu(batch_norm2d_impl(x, weight, bias, running_mean, running_var, training, momentum, eps, false));
   Tensor y = Tensor::empty(x.shape(), x.dtype());
   Tensor mean = Tensor::empty({C}, x.dtype());  // saved for backward
   Tensor rstd = Tensor::empty({C}, x.dtype());
@@ -396,22 +395,23 @@ Tensor batch_norm2d_impl(const Tensor& x, const Tensor& weight, const Tensor& bi
       T* rm = running_mean.defined() ? running_mean.data<T>() : nullptr;
       T* rv = running_var.defined() ? running_var.data<T>() : nullptr;
       cpu::batchnorm2d_forward_train<T>(N, C, HW, x.data<T>(), ptr_or_null<T>(weight), ptr_or_null<T>(bias), momentum,
-                                        eps, y.data<T>(), mean.data<T>(), rstd.data<T>(), rm, rv);
+                                        eps, y.data<T>(), mean.data<T>(), rstd.data<T>(), rm, rv, relu);
     } else {
       cpu::batchnorm2d_forward_eval<T>(N, C, HW, x.data<T>(), ptr_or_null<T>(weight), ptr_or_null<T>(bias),
                                        running_mean.data<T>(), running_var.data<T>(), eps, y.data<T>(), mean.data<T>(),
-                                       rstd.data<T>());
+                                       rstd.data<T>(), relu);
     }
   });
   if (needs_grad({&x, &weight, &bias})) {
-    tape().record("batch_norm2d", {x, weight, bias}, {y},
-                  [x = x, weight = weight, bias = bias, y, mean, rstd, training, N, C, HW]() mutable {
+    tape().record(relu ? "batch_norm2d_relu" : "batch_norm2d", {x, weight, bias}, {y},
+                  [x = x, weight = weight, bias = bias, y, mean, rstd, training, relu, N, C, HW]() mutable {
                     with_float(x.dtype(), [&](auto tag) {
                       using T = decltype(tag);
                       cpu::batchnorm2d_backward<T>(N, C, HW, training, x.template data<T>(), ptr_or_null<T>(weight),
                                                    mean.template data<T>(), rstd.template data<T>(),
                                                    y.grad().template data<T>(), grad_ptr_if<T>(x),
-                                                   grad_ptr_if<T>(weight), grad_ptr_if<T>(bias));
+                                                   grad_ptr_if<T>(weight), grad_ptr_if<T>(bias),
+                                                   relu ? y.template data<T>() : nullptr);
                     });
                   });
   }

@@ -106,9 +106,10 @@ Cost node_cost(const Node& n) {
                  nb = double(N) * double(Cout) * double(Ho) * double(Wo);
     c.flops_fwd = f + (bias ? nb : 0.0);
     c.flops_bwd = (needs(n, 0) ? f : 0.0) + (needs(n, 1) ? f : 0.0) + (bias && needs(n, 2) ? nb : 0.0);
-  } else if (op == "layer_norm" || op == "batch_norm2d") {
-    c.flops_fwd = 8.0 * numel_of(n, 0);
-    c.flops_bwd = 16.0 * numel_of(n, 0);
+  } else if (op == "layer_norm" || op == "batch_norm2d" || op == "batch_norm2d_relu") {
+    const double relu = op == "batch_norm2d_relu" ? 1.0 : 0.0;  // the max, and the mask of dy
+    c.flops_fwd = (8.0 + relu) * numel_of(n, 0);
+    c.flops_bwd = (16.0 + relu) * numel_of(n, 0);
   } else if (op == "l2_normalize") {
     c.flops_fwd = 3.0 * numel_of(n, 0);
     c.flops_bwd = 6.0 * numel_of(n, 0);

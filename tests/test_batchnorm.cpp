@@ -1,6 +1,7 @@
 // batch_norm2d: golden parity in training mode (output, running statistics, every gradient),
 // float64 finite-difference gradchecks in training and inference modes, the running-statistics
 // rule against a hand computation, and shape errors.
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -175,4 +176,39 @@ TEST_CASE("batch_norm2d rejects bad arguments with clipcu::Error") {
   CHECK_THROWS_AS(ops::batch_norm2d(x, c3, c3, c3, c3, true, 1.5), Error);            // momentum
   CHECK_THROWS_AS(ops::batch_norm2d(x, c3, c3, c3, c3, true, 0.1, -1.0), Error);      // eps
   CHECK_THROWS_AS(ops::batch_norm2d(Tensor(), c3, c3, c3, c3, true), Error);
+}
+
+TEST_CASE("batch_norm2d_relu: the fused op equals relu(batch_norm2d), forward, running statistics, gradients") {
+  // float64 and float32, training and inference, odd shapes; the dy mask is the fused output's
+  // sign, so the gradients must match the composition exactly (the same float operations).
+  uint64_t seed = 300;
+  for (DType dt : {DType::F64, DType::F32})
+    for (bool training : {true, false})
+      for (const Shape& s : {Shape{2, 3, 5, 7}, Shape{1, 4, 3, 1}, Shape{3, 1, 2, 2}}) {
+        const int64_t C = s[1];
+        const Tensor x0 = make_input(s, Fill::Random, seed++).to(dt), w0 = make_input({C}, Fill::Random, seed++).to(dt);
+        const Tensor b0 = make_input({C}, Fill::Random, seed++).to(dt), g = make_input(s, Fill::Random, seed++).to(dt);
+        const std::string label = std::string(dtype_name(dt)) + (training ? " train " : " eval ") + shape_str(s);
+        INFO(label);
+        std::vector<Tensor> outs, grads;
+        for (bool fused : {true, false}) {
+          tape().clear();
+          Tensor x = x0.clone().set_requires_grad(true), w = w0.clone().set_requires_grad(true);
+          Tensor b = b0.clone().set_requires_grad(true);
+          Tensor rm = Tensor::full({C}, 0.25, dt), rv = Tensor::full({C}, 1.5, dt);
+          Tensor y = fused ? ops::batch_norm2d_relu(x, w, b, rm, rv, training)
+                           : ops::relu(ops::batch_norm2d(x, w, b, rm, rv, training));
+          backward(y, g);
+          outs.insert(outs.end(), {y, rm, rv});
+          grads.insert(grads.end(), {x.grad(), w.grad(), b.grad()});
+        }
+        for (size_t i = 0; i < 3; ++i) {
+          CHECK(outs[i].to_f64_vector() == outs[i + 3].to_f64_vector());
+          CHECK(grads[i].to_f64_vector() == grads[i + 3].to_f64_vector());
+        }
+        // some outputs were clipped, some not: both sides of the mask ran
+        const std::vector<double> y = outs[0].to_f64_vector();
+        CHECK(std::count(y.begin(), y.end(), 0.0) > 0);
+        CHECK(std::count_if(y.begin(), y.end(), [](double v) { return v > 0; }) > 0);
+      }
 }

@@ -20,10 +20,15 @@ differ:
   - OpenAI's text tower sits at the top of CLIP (token_embedding, transformer, ln_final); clipcu
     records it under a "text" scope: "transformer.resblocks.0.attn" -> "text.transformer.resblocks.0.attn";
   - modules that are plain functions in clipcu become the op's name: QuickGELU/GELU "mlp.gelu" ->
-    "mlp.quick_gelu" / "mlp.gelu" / "mlp.gelu_tanh"; the ResNet's ReLUs relu1/relu2/relu3 (or
-    act1/act2/act3) -> "relu", "relu#1", "relu#2"; a module called several times (the ResNet
-    stem's one `relu`) gets "#k" on its k-th call, as clipcu numbers repeated ops; AvgPool2d
-    "avgpool" and the downsample's "-1" -> "avg_pool2d";
+    "mlp.quick_gelu" / "mlp.gelu" / "mlp.gelu_tanh"; the ResNet's ReLUs: clipcu fuses each one
+    that follows a batch norm into it (the op batch_norm2d_relu of that bn module), so relu1 /
+    relu2 (or act1 / act2) -> "bn1.batch_norm2d_relu" / "bn2.batch_norm2d_relu", relu3 / act3 ->
+    "bn3.batch_norm2d_relu" in the stem and "relu" in a Bottleneck (after the residual add); a
+    single `relu` module called three times (older OpenAI code) maps call k as relu<k+1>; the
+    batch norms in front of those ReLUs are not dumped (clipcu's bn module output is after the
+    fused ReLU, PyTorch's before); any
+    other module called several times gets "#k" on its k-th call, as clipcu numbers repeated
+    ops; AvgPool2d "avgpool" and the downsample's "-1" -> "avg_pool2d";
   - layouts: OpenAI runs its transformers sequence-first [T, B, W], clipcu batch-first [B, T, W]:
     tensors inside a sequence-first Transformer are permuted; ln_final (and open_clip's ln_post)
     normalize every token in PyTorch but only the pooled ones in clipcu: the pooled rows are kept.
@@ -148,23 +153,39 @@ def activation_op(module):
     return cls.lower()
 
 
-RENAME_LAST = {"relu1": "relu", "relu2": "relu#1", "relu3": "relu#2",
-               "act1": "relu", "act2": "relu#1", "act3": "relu#2", "avgpool": "avg_pool2d"}
+RELU_INDEX = {"relu1": 1, "relu2": 2, "relu3": 3, "act1": 1, "act2": 2, "act3": 3}
 TEXT_TOP = ("token_embedding", "transformer", "ln_final")
 
 
-def clipcu_name(name, module):
+def clipcu_name(name, module, call):
+    """clipcu's name for the output of `module` (called `name`) on its call-th call (0-based)."""
     parts = name.split(".")
     if parts[0] in TEXT_TOP:
         parts = ["text"] + parts
     last = parts[-1]
+    if isinstance(module, torch.nn.ReLU) and (last in RELU_INDEX or last == "relu"):
+        index = RELU_INDEX.get(last, call + 1)
+        in_bottleneck = len(parts) >= 2 and parts[-2].isdigit()  # visual.layer<i>.<j>.relu3
+        parts[-1] = "relu" if index == 3 and in_bottleneck else f"bn{index}.batch_norm2d_relu"
+        return ".".join(parts)
     if last == "gelu" and len(parts) > 1 and parts[-2] == "mlp":
         parts[-1] = activation_op(module)
     elif last == "-1" and len(parts) > 1 and parts[-2] == "downsample":
         parts[-1] = "avg_pool2d"
-    elif last in RENAME_LAST and isinstance(module, (torch.nn.ReLU, torch.nn.AvgPool2d)):
-        parts[-1] = RENAME_LAST[last]
-    return ".".join(parts)
+    elif last == "avgpool" and isinstance(module, torch.nn.AvgPool2d):
+        parts[-1] = "avg_pool2d"
+    return ".".join(parts) + (f"#{call}" if call else "")
+
+
+def fused_bn(name, module):
+    """A ResNet batch norm whose ReLU clipcu fuses into it (stem bn1-3, a Bottleneck's bn1-2):
+    clipcu's module output is after the ReLU, PyTorch's before, so it is not dumped (the ReLU's
+    output is, under the fused op's name)."""
+    parts = name.split(".")
+    if not isinstance(module, torch.nn.BatchNorm2d) or parts[-1] not in ("bn1", "bn2", "bn3"):
+        return False
+    in_bottleneck = len(parts) >= 2 and parts[-2].isdigit()
+    return parts[-1] != "bn3" or not in_bottleneck
 
 
 def sequence_first(modules, name):
@@ -227,7 +248,7 @@ def main():
                 return None
             k = calls.get(name, 0)
             calls[name] = k + 1
-            cname = clipcu_name(name, module) + (f"#{k}" if k else "")
+            cname = clipcu_name(name, module, k)
             values.append((cname, to_clipcu_layout(name, cname, out.detach()).clone()))
             if out.requires_grad:
                 out.register_hook(lambda g: grads.__setitem__(cname, to_clipcu_layout(name, cname, g).clone()))
@@ -238,7 +259,7 @@ def main():
 
     skip = (torch.nn.Identity, torch.nn.Dropout)
     for name, m in model.named_modules():
-        if name and not isinstance(m, skip) and not name.endswith("patch_dropout"):
+        if name and not isinstance(m, skip) and not name.endswith("patch_dropout") and not fused_bn(name, m):
             m.register_forward_hook(make_hook(name))
 
     with torch.set_grad_enabled(args.train_step):

@@ -41,9 +41,10 @@ ModifiedResNet::ModifiedResNet(const VisionConfig& cfg, int64_t embed_dim)
 Tensor ModifiedResNet::forward(const Tensor& images) {
   nn::ModuleScope scope(*this);
   check_shape(images, {-1, 3, R, R}, "ModifiedResNet", "images");
-  Tensor x = ops::relu(bn1.forward(conv1.forward(images)));  // [B, W/2, R/2, R/2]
-  x = ops::relu(bn2.forward(conv2.forward(x)));
-  x = ops::relu(bn3.forward(conv3.forward(x)));              // [B, W, R/2, R/2]
+  // relu(bn(conv(x))) with batch norm and ReLU fused (one pass each way)
+  Tensor x = bn1.forward_relu(conv1.forward(images));  // [B, W/2, R/2, R/2]
+  x = bn2.forward_relu(conv2.forward(x));
+  x = bn3.forward_relu(conv3.forward(x));              // [B, W, R/2, R/2]
   x = ops::avg_pool2d(x, 2);                                 // [B, W, R/4, R/4]
   for (auto& stage : stages)
     for (auto& block : stage) x = block->forward(x);         // ... [B, 32W, R/32, R/32]

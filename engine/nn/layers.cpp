@@ -116,6 +116,13 @@ Tensor BatchNorm2d::forward(const Tensor& x) {
   return y;
 }
 
+Tensor BatchNorm2d::forward_relu(const Tensor& x) {
+  ModuleScope scope(*this);
+  Tensor y = ops::batch_norm2d_relu(x, weight, bias, running_mean, running_var, training(), momentum, eps);
+  if (training()) num_batches_tracked.data<int64_t>()[0] += 1;
+  return y;
+}
+
 void BatchNorm2d::reset_own_parameters(Rng&) {
   init_constant(weight, 1.0);
   init_constant(bias, 0.0);

@@ -64,7 +64,8 @@ class Conv2d : public Module {
 class BatchNorm2d : public Module {
  public:
   explicit BatchNorm2d(int64_t C, double eps = 1e-5, double momentum = 0.1);
-  Tensor forward(const Tensor& x);  // [N, C, H, W] -> [N, C, H, W]
+  Tensor forward(const Tensor& x);       // [N, C, H, W] -> [N, C, H, W]
+  Tensor forward_relu(const Tensor& x);  // relu(forward(x)) as one fused op (ops::batch_norm2d_relu)
   int64_t C;
   double eps, momentum;
   Tensor weight, bias;

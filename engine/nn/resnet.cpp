@@ -43,8 +43,8 @@ Bottleneck::Bottleneck(int64_t inplanes, int64_t planes, int stride_)
 
 Tensor Bottleneck::forward(const Tensor& x) {
   ModuleScope scope(*this);
-  Tensor out = ops::relu(bn1.forward(conv1.forward(x)));
-  out = ops::relu(bn2.forward(conv2.forward(out)));
+  Tensor out = bn1.forward_relu(conv1.forward(x));  // batch norm + ReLU fused
+  out = bn2.forward_relu(conv2.forward(out));
   if (stride > 1) out = ops::avg_pool2d(out, stride);
   out = bn3.forward(conv3.forward(out));
   Tensor identity = downsample ? downsample->forward(x) : x;

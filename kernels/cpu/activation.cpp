@@ -41,7 +41,9 @@ struct Fn;
 template <class T>
 struct Fn<Activation::ReLU, T> {
   static T f(T x) { return x > T(0) ? x : T(0); }
-  static T df(T x, T) { return x > T(0) ? T(1) : T(0); }
+  // T(bool), not ?: between two constants: GCC turned that select into a branch, which kept
+  // the backward loop scalar and mispredicted half the time (16x the forward's time)
+  static T df(T x, T) { return T(x > T(0)); }
 };
 
 template <class T>

@@ -5,6 +5,7 @@
 // of squares) for accuracy. One variant: this is the oracle and the CPU engine both.
 #include "kernels/cpu/batchnorm.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace clipcu::cpu {
@@ -12,12 +13,37 @@ namespace clipcu::cpu {
 namespace {
 // Smaller tensors run serially: a team costs more than it saves there.
 constexpr int64_t kMinParallelWork = 1 << 15;
+
+// y = x * scale + shift over channel c (then max(0, y) when relu).
+template <class T>
+void normalize_channel(int64_t N, int64_t C, int64_t HW, int64_t c, const T* x, double scale, double shift, bool relu,
+                       T* y) {
+  for (int64_t n = 0; n < N; ++n) {
+    const T* xc = x + (n * C + c) * HW;
+    T* yc = y + (n * C + c) * HW;
+    for (int64_t i = 0; i < HW; ++i) yc[i] = T(double(xc[i]) * scale + shift);
+    // the ReLU as a second pass over the run while it is in cache, in T like the relu op: fused
+    // into the loop above (std::max or fmax on the double) it stopped vectorizing and took longer
+    // than both passes
+    if (relu)
+      for (int64_t i = 0; i < HW; ++i) yc[i] = yc[i] > T(0) ? yc[i] : T(0);
+  }
+}
+
+// dy, or dy where the fused relu's output is positive and 0 elsewhere (relu_y: that output).
+// A multiplication by 0 or 1, not a select: a data-dependent branch here mispredicted half the
+// time and made the fused op slower than batch norm and relu apart (the ryc test is
+// loop-invariant, hoisted by the compiler). Like the unfused relu, dy * 0 is NaN for dy = inf.
+template <class T>
+inline double masked_dy(const T* dyc, const T* ryc, int64_t i) {
+  return double(dyc[i]) * (ryc ? double(ryc[i] > T(0)) : 1.0);
+}
 }  // namespace
 
 template <class T>
 void batchnorm2d_forward_train(int64_t N, int64_t C, int64_t HW, const T* x, const T* weight, const T* bias,
                                double momentum, double eps, T* y, T* save_mean, T* save_rstd, T* running_mean,
-                               T* running_var) {
+                               T* running_var, bool relu) {
   const int64_t M = N * HW;
 #pragma omp parallel for schedule(static) if (N * C * HW > kMinParallelWork)
   for (int64_t c = 0; c < C; ++c) {
@@ -40,12 +66,7 @@ void batchnorm2d_forward_train(int64_t N, int64_t C, int64_t HW, const T* x, con
     const double g = weight ? double(weight[c]) : 1.0;
     const double b = bias ? double(bias[c]) : 0.0;
     // y = x * (g * rstd) + (b - mean * g * rstd)
-    const double scale = g * rstd, shift = b - mean * g * rstd;
-    for (int64_t n = 0; n < N; ++n) {
-      const T* xc = x + (n * C + c) * HW;
-      T* yc = y + (n * C + c) * HW;
-      for (int64_t i = 0; i < HW; ++i) yc[i] = T(double(xc[i]) * scale + shift);
-    }
+    normalize_channel(N, C, HW, c, x, g * rstd, b - mean * g * rstd, relu, y);
     save_mean[c] = T(mean);
     save_rstd[c] = T(rstd);
     if (running_mean) running_mean[c] = T((1.0 - momentum) * double(running_mean[c]) + momentum * mean);
@@ -59,19 +80,14 @@ void batchnorm2d_forward_train(int64_t N, int64_t C, int64_t HW, const T* x, con
 template <class T>
 void batchnorm2d_forward_eval(int64_t N, int64_t C, int64_t HW, const T* x, const T* weight, const T* bias,
                               const T* running_mean, const T* running_var, double eps, T* y, T* save_mean,
-                              T* save_rstd) {
+                              T* save_rstd, bool relu) {
 #pragma omp parallel for schedule(static) if (N * C * HW > kMinParallelWork)
   for (int64_t c = 0; c < C; ++c) {
     const double mean = double(running_mean[c]);
     const double rstd = 1.0 / std::sqrt(double(running_var[c]) + eps);
     const double g = weight ? double(weight[c]) : 1.0;
     const double b = bias ? double(bias[c]) : 0.0;
-    const double scale = g * rstd, shift = b - mean * g * rstd;
-    for (int64_t n = 0; n < N; ++n) {
-      const T* xc = x + (n * C + c) * HW;
-      T* yc = y + (n * C + c) * HW;
-      for (int64_t i = 0; i < HW; ++i) yc[i] = T(double(xc[i]) * scale + shift);
-    }
+    normalize_channel(N, C, HW, c, x, g * rstd, b - mean * g * rstd, relu, y);
     if (save_mean) save_mean[c] = T(mean);
     if (save_rstd) save_rstd[c] = T(rstd);
   }
@@ -79,7 +95,7 @@ void batchnorm2d_forward_eval(int64_t N, int64_t C, int64_t HW, const T* x, cons
 
 template <class T>
 void batchnorm2d_backward(int64_t N, int64_t C, int64_t HW, bool training, const T* x, const T* weight, const T* mean,
-                          const T* rstd, const T* dy, T* dx, T* dweight, T* dbias) {
+                          const T* rstd, const T* dy, T* dx, T* dweight, T* dbias, const T* relu_y) {
   const int64_t M = N * HW;
 #pragma omp parallel for schedule(static) if (N * C * HW > kMinParallelWork)
   for (int64_t c = 0; c < C; ++c) {
@@ -88,8 +104,9 @@ void batchnorm2d_backward(int64_t N, int64_t C, int64_t HW, bool training, const
     for (int64_t n = 0; n < N; ++n) {
       const T* xc = x + (n * C + c) * HW;
       const T* dyc = dy + (n * C + c) * HW;
+      const T* ryc = relu_y ? relu_y + (n * C + c) * HW : nullptr;
       for (int64_t i = 0; i < HW; ++i) {
-        double g = double(dyc[i]);
+        const double g = masked_dy(dyc, ryc, i);
         sum_dy += g;
         sum_dy_xhat += g * (double(xc[i]) - mu) * rs;
       }
@@ -103,10 +120,11 @@ void batchnorm2d_backward(int64_t N, int64_t C, int64_t HW, bool training, const
     for (int64_t n = 0; n < N; ++n) {
       const T* xc = x + (n * C + c) * HW;
       const T* dyc = dy + (n * C + c) * HW;
+      const T* ryc = relu_y ? relu_y + (n * C + c) * HW : nullptr;
       T* dxc = dx + (n * C + c) * HW;
       for (int64_t i = 0; i < HW; ++i) {
         double xhat = (double(xc[i]) - mu) * rs;
-        dxc[i] += T(k * (double(dyc[i]) - mean_dy - xhat * mean_dy_xhat));
+        dxc[i] += T(k * (masked_dy(dyc, ryc, i) - mean_dy - xhat * mean_dy_xhat));
       }
     }
   }
@@ -114,11 +132,11 @@ void batchnorm2d_backward(int64_t N, int64_t C, int64_t HW, bool training, const
 
 #define CLIPCU_INSTANTIATE_BN(T)                                                                                      \
   template void batchnorm2d_forward_train<T>(int64_t, int64_t, int64_t, const T*, const T*, const T*, double, double, \
-                                             T*, T*, T*, T*, T*);                                                     \
+                                             T*, T*, T*, T*, T*, bool);                                               \
   template void batchnorm2d_forward_eval<T>(int64_t, int64_t, int64_t, const T*, const T*, const T*, const T*,        \
-                                            const T*, double, T*, T*, T*);                                            \
+                                            const T*, double, T*, T*, T*, bool);                                      \
   template void batchnorm2d_backward<T>(int64_t, int64_t, int64_t, bool, const T*, const T*, const T*, const T*,      \
-                                        const T*, T*, T*, T*);
+                                        const T*, T*, T*, T*, const T*);
 CLIPCU_INSTANTIATE_BN(float)
 CLIPCU_INSTANTIATE_BN(double)
 #undef CLIPCU_INSTANTIATE_BN

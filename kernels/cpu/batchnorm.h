@@ -6,6 +6,8 @@
 //   UNBIASED variance var * M / (M - 1) for running_var (PyTorch's rule; needs M > 1).
 // Inference: mean = running_mean, rstd = 1/sqrt(running_var + eps).
 // Both modes save mean and rstd [C] for backward.
+// relu (the fused batch_norm2d_relu): y = max(0, y), and backward masks dy with y > 0 (relu_y:
+// that output), so the ResNet's bn + relu is one pass each way instead of two.
 //
 // The caller (engine/ops_batchnorm.cpp) validates shapes. weight / bias may be nullptr (treated
 // as 1 / 0). Backward ACCUMULATES (+=) into dx / dweight / dbias; nullptr skips a gradient.
@@ -24,7 +26,8 @@ void batchnorm2d_forward_train(int64_t N, int64_t C, int64_t HW,
                                T* save_mean,     // [C] (written)
                                T* save_rstd,     // [C] (written)
                                T* running_mean,  // [C] (updated in place) or nullptr
-                               T* running_var);  // [C] (updated in place) or nullptr
+                               T* running_var,   // [C] (updated in place) or nullptr
+                               bool relu = false);
 
 template <class T>
 void batchnorm2d_forward_eval(int64_t N, int64_t C, int64_t HW,
@@ -36,10 +39,12 @@ void batchnorm2d_forward_eval(int64_t N, int64_t C, int64_t HW,
                               double eps,
                               T* y,           // [N, C, HW] (written)
                               T* save_mean,   // [C] (written) or nullptr
-                              T* save_rstd);  // [C] (written) or nullptr
+                              T* save_rstd,   // [C] (written) or nullptr
+                              bool relu = false);
 
 // training: the statistics depend on x, so dx = weight * rstd * (dy - mean(dy) - xhat * mean(dy * xhat));
 // inference: they are constants, dx = weight * rstd * dy. dweight = sum dy * xhat, dbias = sum dy.
+// With relu_y, dy is replaced by dy * (relu_y > 0) everywhere.
 template <class T>
 void batchnorm2d_backward(int64_t N, int64_t C, int64_t HW, bool training,
                           const T* x,       // [N, C, HW]
@@ -49,6 +54,7 @@ void batchnorm2d_backward(int64_t N, int64_t C, int64_t HW, bool training,
                           const T* dy,      // [N, C, HW]
                           T* dx,            // [N, C, HW] (accumulated) or nullptr
                           T* dweight,       // [C] (accumulated) or nullptr
-                          T* dbias);        // [C] (accumulated) or nullptr
+                          T* dbias,         // [C] (accumulated) or nullptr
+                          const T* relu_y = nullptr);  // [N, C, HW]: the fused op's output, or nullptr
 
 }  // namespace clipcu::cpu
