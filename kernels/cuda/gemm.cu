@@ -366,11 +366,35 @@ __device__ __forceinline__ void tile_origin(int64_t pid, int64_t M, int64_t N, i
   n0 = (in_group / group_rows) * BN;
 }
 
-// grid: whole_tiles + (tiles - whole_tiles) * splits blocks; block: G::kThreads; dynamic shared
-// memory G::kSmemBytes. Blocks below whole_tiles compute tiles 0 .. whole_tiles - 1 over all of
-// K and apply the epilogue. The rest split each remaining tile along K (k_chunk, a multiple of
-// BK, per split; the splits of a tile are consecutive blocks) and store raw float sums to
-// partial ([split tile][split][BM][BN], tile-local), which the reduce pass adds up.
+// What block `pid` of a tensor-core grid computes: blocks below whole_tiles compute tiles 0 ..
+// whole_tiles - 1 over all of K; the rest split each remaining tile along K (k_chunk, a multiple
+// of the kernel's K step, per split; the splits of a tile are consecutive blocks) and write raw
+// float sums to `part` ([BM][BN], tile-local) instead of C. A split's last stage reads zeros
+// past K only at the end of K, so no split reaches into the next.
+struct BlockWork {
+  int64_t m0 = 0, n0 = 0;            // the tile's origin in C
+  int64_t k_begin = 0, k_end = 0;    // its K range
+  float* part = nullptr;             // split tiles: this block's partial sums, else nullptr
+};
+__device__ __forceinline__ BlockWork block_work(int64_t pid, int64_t M, int64_t N, int64_t K, int BM, int BN,
+                                                int64_t whole_tiles, int splits, int64_t k_chunk, float* partial) {
+  BlockWork w;
+  w.k_end = K;
+  if (pid >= whole_tiles) {
+    const int64_t q = pid - whole_tiles, split = q % splits;
+    pid = whole_tiles + q / splits;
+    w.k_begin = split * k_chunk;
+    w.k_end = min(K, w.k_begin + k_chunk);
+    w.part = partial + q * (int64_t(BM) * BN);
+  }
+  tile_origin(pid, M, N, BM, BN, w.m0, w.n0);
+  return w;
+}
+
+// grid: whole_tiles + (tiles - whole_tiles) * splits blocks (block_work: what each computes);
+// block: G::kThreads; dynamic shared memory G::kSmemBytes. Split tiles store raw float sums to
+// partial ([split tile][split][BM][BN], tile-local), which the reduce pass adds up; whole tiles
+// apply the epilogue.
 template <class T, bool kTransA, bool kTransB, int kWarpsM, int kWarpsN>
 __global__ void __launch_bounds__(32 * kWarpsM * kWarpsN, kWarpsM * kWarpsN >= 8 ? 1 : 2)
     gemm_mma_kernel(const GemmParams<T> p, bool a_vec, bool b_vec, bool out_vec, int64_t whole_tiles, int splits,
@@ -384,19 +408,9 @@ __global__ void __launch_bounds__(32 * kWarpsM * kWarpsN, kWarpsM * kWarpsN >= 8
   T* Bs = As + kStages * ATile::kElems;    // [kStages][BTile::kElems]
 
   const int64_t M = p.M, N = p.N, K = p.K;
-  // this block's tile and K range [k_begin, k_end); a split's last stage reads zeros past K
-  // only at the end of K (k_chunk is a multiple of BK), so no split reaches into the next
-  int64_t pid = blockIdx.x, k_begin = 0, k_end = K;
-  float* part = nullptr;  // this block's [BM][BN] partial sums (split tiles)
-  if (pid >= whole_tiles) {
-    const int64_t q = pid - whole_tiles, split = q % splits;
-    pid = whole_tiles + q / splits;
-    k_begin = split * k_chunk;
-    k_end = min(K, k_begin + k_chunk);
-    part = partial + q * (int64_t(BM) * BN);
-  }
-  int64_t m0, n0;
-  tile_origin(pid, M, N, BM, BN, m0, n0);
+  const BlockWork work = block_work(blockIdx.x, M, N, K, BM, BN, whole_tiles, splits, k_chunk, partial);
+  const int64_t m0 = work.m0, n0 = work.n0, k_begin = work.k_begin, k_end = work.k_end;
+  float* const part = work.part;
   const int64_t KT = k_end > k_begin ? (k_end - k_begin + BK - 1) / BK : 0;
 
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
@@ -1005,17 +1019,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   const uint32_t as_addr = smem_addr, bs_addr = smem_addr + uint32_t(kStages * G::kAElems * 2);
 
   const int64_t M = p.M, N = p.N, K = p.K;
-  int64_t pid = blockIdx.x, k_begin = 0, k_end = K;
-  float* part = nullptr;  // this block's [BM][BN] partial sums (split tiles)
-  if (pid >= whole_tiles) {
-    const int64_t q = pid - whole_tiles, split = q % splits;
-    pid = whole_tiles + q / splits;
-    k_begin = split * k_chunk;
-    k_end = min(K, k_begin + k_chunk);
-    part = partial + q * (int64_t(BM) * BN);
-  }
-  int64_t m0, n0;
-  mma::tile_origin(pid, M, N, BM, BN, m0, n0);
+  const mma::BlockWork work = mma::block_work(blockIdx.x, M, N, K, BM, BN, whole_tiles, splits, k_chunk, partial);
+  const int64_t m0 = work.m0, n0 = work.n0, k_begin = work.k_begin, k_end = work.k_end;
+  float* const part = work.part;
   const int64_t KT = k_end > k_begin ? (k_end - k_begin + BK - 1) / BK : 0;
   const int wgi = int(threadIdx.x) / 128;  // this thread's warpgroup: rows 64 wgi ..
 
