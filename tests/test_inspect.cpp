@@ -181,7 +181,8 @@ TEST_CASE("inspect on the tiny ViT in inference mode: features and logits equal 
   // intermediate activations, by module path
   CHECK(get(dump, "visual.transformer.resblocks.0.attn.attention").shape() == Shape{5, 2, 17, 64});
   CHECK(get(dump, "text.transformer.resblocks.1.attn.attention").shape() == Shape{5, 2, 16, 32});
-  CHECK(get(dump, "visual.transformer.resblocks.1.attn.slice#2").shape() == Shape{5, 17, 128});
+  CHECK(get(dump, "visual.transformer.resblocks.1.attn.split_qkv_heads.2").shape() == Shape{5, 2, 17, 64});  // v
+  CHECK(get(dump, "visual.transformer.resblocks.1.add#1").shape() == Shape{5, 17, 128});  // after the MLP
   CHECK(get(dump, "visual.transformer.resblocks.1").shape() == Shape{5, 17, 128});
   CHECK(get(dump, "visual.ln_post").shape() == Shape{5, 128});
   CHECK(test::rel_err(get(dump, "input.images"), io.get("input.images")) == 0);

@@ -76,7 +76,7 @@ Tensor AttentionPool2d::forward(const Tensor& x) {
   Tensor q = split_heads(q_proj.forward(ops::slice(t, 1, 0, 1)), heads);  // [N, heads, 1, D]
   Tensor k = split_heads(k_proj.forward(t), heads);                      // [N, heads, HW + 1, D]
   Tensor v = split_heads(v_proj.forward(t), heads);
-  Tensor o = merge_heads(ops::attention(q, k, v));  // [N, 1, C]
+  Tensor o = ops::merge_heads(ops::attention(q, k, v));  // [N, 1, C]
   return ops::reshape(c_proj.forward(o), {N, E});
 }
 

@@ -31,12 +31,6 @@ Tensor split_heads(const Tensor& x, int64_t H) {
   return ops::permute(ops::reshape(x, {B, T, H, D}), {0, 2, 1, 3});
 }
 
-Tensor merge_heads(const Tensor& x) {
-  CLIPCU_CHECK(x.dim() == 4, "merge_heads: expected [B, H, T, D], got " << shape_str(x.shape()));
-  const int64_t B = x.size(0), H = x.size(1), T = x.size(2), D = x.size(3);
-  return ops::reshape(ops::permute(x, {0, 2, 1, 3}), {B, T, H * D});
-}
-
 // ---------------------------------------------------------------- MultiheadAttention
 MultiheadAttention::MultiheadAttention(int64_t W_, int64_t H_) : W(W_), H(H_), out_proj(W_, W_) {
   CLIPCU_CHECK(H > 0 && W % H == 0, "MultiheadAttention: width " << W << " is not divisible by " << H << " heads");
@@ -50,13 +44,12 @@ MultiheadAttention::MultiheadAttention(int64_t W_, int64_t H_) : W(W_), H(H_), o
 Tensor MultiheadAttention::forward(const Tensor& x, bool causal) {
   ModuleScope scope(*this);
   check_shape(x, {-1, -1, W}, "MultiheadAttention", "x");
-  // One GEMM for q, k and v together; the rows of in_proj_weight are [W_q; W_k; W_v].
+  // One GEMM for q, k and v together; the rows of in_proj_weight are [W_q; W_k; W_v]. The head
+  // layouts move in one copy each way (not three slices and three permutes, then a permute).
   Tensor qkv = ops::linear(x, in_proj_weight, in_proj_bias);  // [B, T, 3W]
-  Tensor q = split_heads(ops::slice(qkv, 2, 0, W), H);        // [B, H, T, D]
-  Tensor k = split_heads(ops::slice(qkv, 2, W, 2 * W), H);
-  Tensor v = split_heads(ops::slice(qkv, 2, 2 * W, 3 * W), H);
-  Tensor o = ops::attention(q, k, v, causal);                 // [B, H, T, D], scaled by 1/sqrt(D)
-  return out_proj.forward(merge_heads(o));                    // [B, T, W]
+  const std::vector<Tensor> heads = ops::split_qkv_heads(qkv, H);  // q, k, v: [B, H, T, D]
+  Tensor o = ops::attention(heads[0], heads[1], heads[2], causal);  // [B, H, T, D], scaled by 1/sqrt(D)
+  return out_proj.forward(ops::merge_heads(o));                     // [B, T, W]
 }
 
 void MultiheadAttention::reset_own_parameters(Rng& rng) {

@@ -22,9 +22,10 @@ enum class Activation { QuickGELU, GELU, GELUTanh };
 const char* activation_name(Activation a);  // "quick_gelu", "gelu", "gelu_tanh"
 Tensor activate(const Tensor& x, Activation a);
 
-// [B, T, H*D] -> [B, H, T, D] (the layout ops::attention takes), and back.
+// [B, T, H*D] -> [B, H, T, D] (the layout ops::attention takes) for a single projection
+// (AttentionPool2d's q, k, v); a fused qkv projection uses ops::split_qkv_heads, and the way
+// back is ops::merge_heads.
 Tensor split_heads(const Tensor& x, int64_t H);
-Tensor merge_heads(const Tensor& x);
 
 class MultiheadAttention : public Module {
  public:
