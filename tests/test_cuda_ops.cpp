@@ -506,9 +506,31 @@ CLIPCU_GPU_TEST("cuda attention: backward skips null gradients and is determinis
 
 // ================================================================ layer norm, bias + activation
 namespace {
+// Which gradients a layer norm case asks for.
+struct LnMode {
+  bool residual, affine, dx, dresidual;
+  const char* name;
+};
+constexpr LnMode kLnModes[] = {{false, true, true, false, "dx"},
+                               {true, true, true, true, "+residual dx dresidual"},
+                               {true, false, true, true, "+residual no-affine dx dresidual"},
+                               {true, true, false, true, "+residual dresidual only"},
+                               {false, true, false, false, "dweight dbias only"}};
+
+// Every LayerNormKernel the header declares (names until "?"), so a new variant is tested too.
+std::vector<cuda::LayerNormKernel> layernorm_kernels() {
+  std::vector<cuda::LayerNormKernel> out;
+  for (int i = 0; std::string(cuda::layernorm_kernel_name(cuda::LayerNormKernel(i))) != "?"; ++i)
+    out.push_back(cuda::LayerNormKernel(i));
+  return out;
+}
+
+// offset: the [N, C] buffers start that many elements past an allocation (16-byte alignment and
+// beyond), so a misaligned pointer takes the fallbacks. The backward runs twice from the same
+// starting gradients and must repeat bit for bit.
 template <class T>
-void layernorm_case(int64_t N, int64_t C, bool residual, bool affine, cuda::LayerNormKernel kernel, uint64_t seed,
-                    WorstError& wf, WorstError& wb) {
+void layernorm_case(int64_t N, int64_t C, const LnMode& m, cuda::LayerNormKernel kernel, uint64_t seed,
+                    WorstError& wf, WorstError& wb, size_t offset = 0) {
   const bool is_bf16 = std::is_same_v<T, bf16>;
   const double tol_f = is_bf16 ? kBf16 : kF32Fwd, tol_b = is_bf16 ? kBf16 : kF32Grad;
   const size_t nc = size_t(N * C);
@@ -520,68 +542,102 @@ void layernorm_case(int64_t N, int64_t C, bool residual, bool affine, cuda::Laye
   const std::vector<double> dx0 = stored<T>(randn(nc, rng)), dr0 = stored<T>(randn(nc, rng));
   const std::vector<double> dw0 = stored<T>(randn(size_t(C), rng)), db0 = stored<T>(randn(size_t(C), rng));
   std::vector<double> h(nc);
-  for (size_t i = 0; i < nc; ++i) h[i] = residual ? stored<T>(double(float(x[i]) + float(r[i]))) : x[i];
+  for (size_t i = 0; i < nc; ++i) h[i] = m.residual ? stored<T>(double(float(x[i]) + float(r[i]))) : x[i];
   std::vector<double> y(nc), mean(static_cast<size_t>(N)), rstd(static_cast<size_t>(N));
-  cpu::layernorm_forward<double>(N, C, 1e-5, h.data(), affine ? w.data() : nullptr, affine ? b.data() : nullptr,
+  cpu::layernorm_forward<double>(N, C, 1e-5, h.data(), m.affine ? w.data() : nullptr, m.affine ? b.data() : nullptr,
                                  y.data(), mean.data(), rstd.data());
   std::vector<double> dh(nc, 0.0), dw = dw0, db = db0;
-  cpu::layernorm_backward<double>(N, C, dy.data(), h.data(), affine ? w.data() : nullptr, mean.data(), rstd.data(),
-                                  dh.data(), affine ? dw.data() : nullptr, affine ? db.data() : nullptr);
+  cpu::layernorm_backward<double>(N, C, dy.data(), h.data(), m.affine ? w.data() : nullptr, mean.data(), rstd.data(),
+                                  dh.data(), m.affine ? dw.data() : nullptr, m.affine ? db.data() : nullptr);
   std::vector<double> dx = dx0, dr = dr0;
-  for (size_t i = 0; i < nc; ++i) dx[i] += dh[i], dr[i] += dh[i];
+  for (size_t i = 0; i < nc; ++i) {
+    if (m.dx) dx[i] += dh[i];
+    if (m.residual && m.dresidual) dr[i] += dh[i];
+  }
 
-  DevBuf<T> gx = upload<T>(x), gr = upload<T>(r), gw = upload<T>(w), gb = upload<T>(b), gy(nc), gh(nc);
+  // [N, C] buffers at `offset` elements into their allocation
+  auto up = [offset](const std::vector<double>& v) {
+    std::vector<double> padded(offset, 0.0);
+    padded.insert(padded.end(), v.begin(), v.end());
+    return upload<T>(padded);
+  };
+  auto down = [offset, nc](const DevBuf<T>& d) { return read(d.get() + offset, nc); };
+  const std::vector<double> zeros(nc, 0.0);  // the outputs start as zeros, not as the expected values
+  DevBuf<T> gx = up(x), gr = up(r), gw = upload<T>(w), gb = upload<T>(b), gy = up(zeros), gh = up(zeros);
   DevBuf<float> gmean(static_cast<size_t>(N)), grstd(static_cast<size_t>(N));
   cuda::LayerNormForwardArgs<T> f;
-  f.N = N, f.C = C, f.eps = 1e-5f, f.x = gx.get(), f.residual = residual ? gr.get() : nullptr;
-  f.h_out = residual ? gh.get() : nullptr;
-  f.weight = affine ? gw.get() : nullptr, f.bias = affine ? gb.get() : nullptr;
-  f.y = gy.get(), f.mean = gmean.get(), f.rstd = grstd.get(), f.kernel = kernel;
+  f.N = N, f.C = C, f.eps = 1e-5f, f.x = gx.get() + offset, f.residual = m.residual ? gr.get() + offset : nullptr;
+  f.h_out = m.residual ? gh.get() + offset : nullptr;
+  f.weight = m.affine ? gw.get() : nullptr, f.bias = m.affine ? gb.get() : nullptr;
+  f.y = gy.get() + offset, f.mean = gmean.get(), f.rstd = grstd.get(), f.kernel = kernel;
   cuda::layernorm_forward(f, cuda::current_stream());
 
-  DevBuf<T> gdy = upload<T>(dy), gdx = upload<T>(dx0), gdr = upload<T>(dr0), gdw = upload<T>(dw0), gdb = upload<T>(db0);
-  DevBuf<float> ws(cuda::layernorm_backward_workspace_floats(N, C));
-  cuda::LayerNormBackwardArgs<T> bw;
-  bw.N = N, bw.C = C, bw.dy = gdy.get(), bw.h = residual ? gh.get() : gx.get();
-  bw.weight = f.weight, bw.mean = gmean.get(), bw.rstd = grstd.get();
-  bw.dx = gdx.get(), bw.dresidual = residual ? gdr.get() : nullptr;
-  bw.dweight = affine ? gdw.get() : nullptr, bw.dbias = affine ? gdb.get() : nullptr;
-  bw.workspace = ws.get(), bw.kernel = kernel;
-  cuda::layernorm_backward(bw, cuda::current_stream());
-
   const std::string label = std::string(cuda::layernorm_kernel_name(kernel)) + " " + type_name<T>() + " N" +
-                            std::to_string(N) + " C" + std::to_string(C) + (residual ? " +residual" : "") +
-                            (affine ? "" : " no-affine");
+                            std::to_string(N) + " C" + std::to_string(C) + " " + m.name +
+                            (offset ? " offset " + std::to_string(offset) : "");
   INFO(label);
-  expect_close(read(gy), y, tol_f, label + " y", wf);
+  expect_close(down(gy), y, tol_f, label + " y", wf);
   expect_close(read(gmean), mean, tol_f, label + " mean", wf);
   expect_close(read(grstd), rstd, tol_f, label + " rstd", wf);
-  if (residual) expect_close(read(gh), h, 0.0, label + " h", wf);  // the same rounding of the same sum
-  expect_close(read(gdx), dx, tol_b, label + " dx", wb);
-  if (residual) expect_close(read(gdr), dr, tol_b, label + " dresidual", wb);
-  if (affine) {
-    expect_close(read(gdw), dw, tol_b, label + " dweight", wb);
-    expect_close(read(gdb), db, tol_b, label + " dbias", wb);
+  if (m.residual) expect_close(down(gh), h, 0.0, label + " h", wf);  // the same rounding of the same sum
+
+  DevBuf<T> gdy = up(dy);
+  DevBuf<float> ws(cuda::layernorm_backward_workspace_floats(N, C));
+  std::vector<double> got[2][4];  // [run][dx, dresidual, dweight, dbias]
+  for (int run = 0; run < 2; ++run) {
+    DevBuf<T> gdx = up(dx0), gdr = up(dr0), gdw = upload<T>(dw0), gdb = upload<T>(db0);
+    cuda::LayerNormBackwardArgs<T> bw;
+    bw.N = N, bw.C = C, bw.dy = gdy.get() + offset, bw.h = m.residual ? gh.get() + offset : gx.get() + offset;
+    bw.weight = f.weight, bw.mean = gmean.get(), bw.rstd = grstd.get();
+    bw.dx = m.dx ? gdx.get() + offset : nullptr, bw.dresidual = m.dresidual ? gdr.get() + offset : nullptr;
+    bw.dweight = m.affine ? gdw.get() : nullptr, bw.dbias = m.affine ? gdb.get() : nullptr;
+    bw.workspace = ws.get(), bw.kernel = kernel;
+    cuda::layernorm_backward(bw, cuda::current_stream());
+    got[run][0] = down(gdx), got[run][1] = down(gdr), got[run][2] = read(gdw), got[run][3] = read(gdb);
   }
+  // a gradient that is not asked for stays as it was (exactly)
+  expect_close(got[0][0], dx, m.dx ? tol_b : 0.0, label + " dx", wb);
+  expect_close(got[0][1], dr, m.dresidual ? tol_b : 0.0, label + " dresidual", wb);
+  expect_close(got[0][2], dw, m.affine ? tol_b : 0.0, label + " dweight", wb);
+  expect_close(got[0][3], db, m.affine ? tol_b : 0.0, label + " dbias", wb);
+  for (int g = 0; g < 4; ++g)
+    CHECK_MESSAGE(std::memcmp(got[0][g].data(), got[1][g].data(), got[0][g].size() * sizeof(double)) == 0,
+                  label << ": gradient " << g << " (dx, dresidual, dweight, dbias) differs between two runs");
 }
 }  // namespace
 
 CLIPCU_GPU_TEST("cuda layernorm: fused residual add, forward and backward against the CPU") {
   WorstError wf{"layernorm forward", 0.0, {}}, wb{"layernorm backward", 0.0, {}};
   uint64_t seed = 300;
-  // C: 1 and 5 (odd: Simple even when Warp is asked), 64, 768, 1024 (the Warp limits), 1030, 2048;
-  // 384, 640 and 1536 take the Warp kernels' 3-, 6- (with idle lanes) and 12-vector widths
+  // C: 1 and 5 (odd: Simple even when Warp / Pipelined are asked), 4 and 12, 100, 1020 (C % 4 == 0 but
+  // C % 8 != 0: bf16 Pipelined falls back to Warp), 8, 64, 96, 200, 384, 512, 520, 640, 768, 1024
+  // (Warp / Pipelined widths, some with idle lanes), 1030, 1536, 2048 (above their backward limit).
+  // N: 1, 2, 3, 7 (fewer rows than a block's warps hold), 33 and 45 (a second, short chunk), 1000
+  // (32 chunks, the last of 8 rows; Pipelined's groups of 2-3 rows end past a chunk's end), 16411
+  // (33 rows per chunk, 498 chunks, the last of 10 rows).
+  // The first ones are the CLIPCU_TEST_SMALL (sanitizer) set.
   const std::vector<std::pair<int64_t, int64_t>> shapes = maybe_small<std::pair<int64_t, int64_t>>(
-      {{1, 1}, {7, 5}, {9, 1030}, {33, 1024}, {5, 2048}, {64, 64}, {300, 768}, {1000, 96}, {50, 384}, {17, 640},
-       {4, 1536}},
-      5);
+      {{1, 1}, {7, 5}, {3, 520}, {7, 1020}, {45, 768}, {33, 1024}, {2, 12}, {1, 8}, {7, 4}, {2, 100}, {3, 200},
+       {9, 1030}, {5, 2048}, {64, 64}, {300, 768}, {1000, 96}, {50, 384}, {17, 640}, {4, 1536}, {33, 512},
+       {1000, 512}, {16411, 8}},
+      6);
+  const std::vector<cuda::LayerNormKernel> kernels = layernorm_kernels();
+  REQUIRE(kernels.size() >= 3);
   for (auto [N, C] : shapes)
-    for (cuda::LayerNormKernel k : {cuda::LayerNormKernel::Simple, cuda::LayerNormKernel::Warp})
-      for (int mode = 0; mode < 3; ++mode) {
-        const bool residual = mode >= 1, affine = mode != 2;
-        layernorm_case<float>(N, C, residual, affine, k, seed++, wf, wb);
-        layernorm_case<bf16>(N, C, residual, affine, k, seed++, wf, wb);
+    for (cuda::LayerNormKernel k : kernels)
+      for (const LnMode& m : kLnModes) {
+        // the large shapes (the CPU reference's time) only with dx, and with dx + dresidual
+        if (N * C > 100000 && &m != &kLnModes[0] && &m != &kLnModes[1]) continue;
+        layernorm_case<float>(N, C, m, k, seed++, wf, wb);
+        layernorm_case<bf16>(N, C, m, k, seed++, wf, wb);
       }
+  // misaligned rows: 1 element (Simple), 4 bf16 = 8 bytes (Warp's 8-byte vectors still fit, the
+  // 16-byte ones of Pipelined do not), 2 floats
+  for (cuda::LayerNormKernel k : kernels) {
+    layernorm_case<bf16>(33, 512, kLnModes[1], k, seed++, wf, wb, 1);
+    layernorm_case<bf16>(33, 512, kLnModes[1], k, seed++, wf, wb, 4);
+    layernorm_case<float>(33, 512, kLnModes[1], k, seed++, wf, wb, 2);
+  }
 }
 
 namespace {

@@ -21,6 +21,13 @@
 //   Warp:   one warp per row with the row held in registers, 4-element vector loads (needs
 //           C % 4 == 0, C <= 2048 and aligned pointers; otherwise Simple runs); backward one
 //           block of 8 warps per chunk, the warps' column partials combined in warp order.
+//   Pipelined: the forward is Warp's; the backward keeps a warp's whole row group in flight:
+//           each warp takes 1-3 rows at once (6-9 KB of loads at CLIP's widths), 16-byte
+//           vectors (4 float, 8 bf16), every load of the group (dy, h, mean, rstd and the dx
+//           being accumulated) issued before the first reduction, and a wide one-launch pass 2.
+//           Needs C % (16 / sizeof(T)) == 0, C <= 1024 and 16-byte aligned pointers; otherwise
+//           it runs what Warp would run. Same workspace and chunking as Warp; deterministic, but
+//           its bits may differ from Warp's (another summation order).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -29,7 +36,7 @@
 
 namespace clipcu::cuda {
 
-enum class LayerNormKernel { Simple, Warp };
+enum class LayerNormKernel { Simple, Warp, Pipelined };
 const char* layernorm_kernel_name(LayerNormKernel k);
 
 template <class T>
