@@ -9,13 +9,16 @@
 // from the caching allocator. conv2d's kernel: $CLIPCU_CONV_KERNEL (simple, tensorcore or
 // cudnn) when set, else cuDNN when the build has it (the fastest: our implicit GEMM runs at
 // 0.10-0.44x of it on RN50's layers; deterministic algorithms only; float32 in full float32
-// math unless CLIPCU_TF32=1, as for the GEMMs), and without cuDNN simple for F32 (float32
-// accuracy) and tensorcore for BF16. batch_norm2d on the GPU keeps mean / rstd in float; its weight, bias and running
+// math unless CLIPCU_TF32=1, as for the GEMMs; shapes for which cuDNN has no such algorithm run
+// on ours, said once on stderr), and without cuDNN simple for F32 (float32 accuracy) and
+// tensorcore for BF16. batch_norm2d on the GPU keeps mean / rstd in float; its weight, bias and running
 // statistics may be F32 or the dtype of x (float32 master parameters under bf16 activations).
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <initializer_list>
+#include <mutex>
 #include <type_traits>
 #include <utility>
 
@@ -129,24 +132,42 @@ void with_gpu_float(DType t, F&& f) {
 // Device scratch from the caching allocator (freed in stream order when the tensor dies).
 Tensor scratch(size_t bytes, Device d) { return Tensor::empty({int64_t(std::max<size_t>(bytes, 1))}, DType::U8, d); }
 
-cuda::ConvKernel conv_kernel_for(DType dt) {
-  const cuda::ConvKernel fallback = cuda::conv_cudnn_built() ? cuda::ConvKernel::Cudnn
-                                    : dt == DType::F32      ? cuda::ConvKernel::Simple
-                                                            : cuda::ConvKernel::TensorCore;
-  return variant_from_env("CLIPCU_CONV_KERNEL", fallback, cuda::conv_kernel_name);
+// Our kernel for the dtype: simple for float32 (float32 accuracy), tensorcore for bf16.
+cuda::ConvKernel own_conv_kernel(DType dt) {
+  return dt == DType::F32 ? cuda::ConvKernel::Simple : cuda::ConvKernel::TensorCore;
 }
 
 cuda::ConvShape gpu_conv_shape(const cpu::Conv2dDims& d, DType dt, Device dev) {
-  cuda::ConvShape s = cuda::conv_shape(d.N, d.Cin, d.H, d.W, d.Cout, d.KH, d.KW, d.stride, d.padding, conv_kernel_for(dt));
+  const char* env = std::getenv("CLIPCU_CONV_KERNEL");
+  const bool chosen = env && *env;  // the user's choice is kept, whatever cuDNN offers
+  const cuda::ConvKernel kernel = variant_from_env(
+      "CLIPCU_CONV_KERNEL", cuda::conv_cudnn_built() ? cuda::ConvKernel::Cudnn : own_conv_kernel(dt),
+      cuda::conv_kernel_name);
+  cuda::ConvShape s = cuda::conv_shape(d.N, d.Cin, d.H, d.W, d.Cout, d.KH, d.KW, d.stride, d.padding, kernel);
+  s.allow_tf32 = env_flag("CLIPCU_TF32");  // float32 storage: full float32 math by default
   if (s.kernel == cuda::ConvKernel::Cudnn) {
 #ifdef CLIPCU_WITH_CUDNN
     s.cudnn = cuda::cudnn_handle(dev.index);
+    bool has = true;
+    with_gpu_float(dt, [&](auto tag) { has = cuda::conv_cudnn_has_algorithms<decltype(tag)>(s); });
+    if (!has && !chosen) {
+      // the default only: cuDNN has no deterministic algorithm for this shape, so ours runs
+      static std::once_flag said;
+      std::call_once(said, [&] {
+        std::fprintf(stderr,
+                     "clipcu: conv2d: cuDNN has no deterministic algorithm for some shapes (first: N %lld Cin "
+                     "%lld %lldx%lld Cout %lld kernel %lldx%lld); those run on clipcu's own kernels\n",
+                     (long long)d.N, (long long)d.Cin, (long long)d.H, (long long)d.W, (long long)d.Cout,
+                     (long long)d.KH, (long long)d.KW);
+      });
+      s.kernel = own_conv_kernel(dt);
+      s.cudnn = nullptr;
+    }
 #else
     CLIPCU_FAIL("op conv2d: CLIPCU_CONV_KERNEL=cudnn but this build has no cuDNN");
 #endif
   }
-  s.allow_tf32 = env_flag("CLIPCU_TF32");  // float32 storage: full float32 math by default
-  (void)dev;
+  (void)dev, (void)chosen;
   return s;
 }
 #endif

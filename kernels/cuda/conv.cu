@@ -739,6 +739,7 @@ struct CudnnDescs {
 struct CudnnChoice {
   int algo = 0;
   size_t workspace = 0;
+  bool found = false;  // false: no algorithm passes the filters (cached too)
 };
 constexpr size_t kCudnnMaxWorkspace = size_t(1) << 30;
 
@@ -754,9 +755,9 @@ std::map<std::array<int64_t, 13>, CudnnChoice>& cudnn_cache() {
 // The algorithm cuDNN's heuristic ranks first among those that run, are deterministic (the same
 // bits on every run, like our kernels: some backward algorithms add with atomics), fit the
 // workspace limit and, for exact float (no TF32), avoid FFT and Winograd (their rounding is not
-// float32's).
+// float32's). Throws when there is none, unless `none_ok` (then .found says).
 template <class T>
-CudnnChoice cudnn_choose(const ConvShape& s, Pass pass) {
+CudnnChoice cudnn_choose(const ConvShape& s, Pass pass, bool none_ok = false) {
   CLIPCU_CUDA_REQUIRE(s.cudnn, "conv2d: the Cudnn kernel needs ConvShape::cudnn (a cudnnHandle_t)");
   const bool exact = std::is_same_v<T, float> && !s.allow_tf32;
   const std::array<int64_t, 13> key = {s.N,      s.Cin,    s.H,       s.W,     s.Cout,
@@ -766,12 +767,12 @@ CudnnChoice cudnn_choose(const ConvShape& s, Pass pass) {
   {
     std::lock_guard<std::mutex> lock(cudnn_cache_mutex());
     auto it = cudnn_cache().find(key);
-    if (it != cudnn_cache().end()) return it->second;
+    if (it != cudnn_cache().end() && (it->second.found || none_ok)) return it->second;
   }
   cudnnHandle_t h = static_cast<cudnnHandle_t>(s.cudnn);
   CudnnDescs d(s, T{});
   CudnnChoice choice;
-  bool found = false;
+  bool& found = choice.found;
   int returned = 0;
   if (pass == Pass::Fwd) {
     cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
@@ -828,12 +829,13 @@ CudnnChoice cudnn_choose(const ConvShape& s, Pass pass) {
       found = true;
     }
   }
-  CLIPCU_CUDA_REQUIRE(found, "conv2d: cuDNN offers no algorithm for N " << s.N << " Cin " << s.Cin << " " << s.H << "x"
-                                                                         << s.W << " Cout " << s.Cout << " kernel "
-                                                                         << s.KH << "x" << s.KW << " (pass "
-                                                                         << int(pass) << ")");
-  std::lock_guard<std::mutex> lock(cudnn_cache_mutex());
-  cudnn_cache()[key] = choice;
+  {
+    std::lock_guard<std::mutex> lock(cudnn_cache_mutex());
+    cudnn_cache()[key] = choice;
+  }
+  CLIPCU_CUDA_REQUIRE(found || none_ok, "conv2d: cuDNN offers no deterministic algorithm for N "
+                                            << s.N << " Cin " << s.Cin << " " << s.H << "x" << s.W << " Cout " << s.Cout
+                                            << " kernel " << s.KH << "x" << s.KW << " (pass " << int(pass) << ")");
   return choice;
 }
 #endif  // CLIPCU_WITH_CUDNN
@@ -1054,8 +1056,21 @@ void conv2d_backward_filter(const ConvShape& s, const ConvArgs<T>& a, cudaStream
   CLIPCU_CUDA_CHECK_LAUNCH("split_reduce_kernel");
 }
 
+template <class T>
+bool conv_cudnn_has_algorithms(const ConvShape& s) {
+#ifdef CLIPCU_WITH_CUDNN
+  for (Pass p : {Pass::Fwd, Pass::Dgrad, Pass::Wgrad})
+    if (!cudnn_choose<T>(s, p, /*none_ok=*/true).found) return false;
+  return true;
+#else
+  (void)s;
+  return false;
+#endif
+}
+
 #define CLIPCU_CONV_INSTANTIATE(T)                                                                 \
   template size_t conv2d_workspace_bytes<T>(const ConvShape&, ConvPass);                           \
+  template bool conv_cudnn_has_algorithms<T>(const ConvShape&);                                    \
   template void conv2d_forward<T>(const ConvShape&, const ConvArgs<T>&, cudaStream_t);             \
   template void conv2d_backward_data<T>(const ConvShape&, const ConvArgs<T>&, cudaStream_t);       \
   template void conv2d_backward_filter<T>(const ConvShape&, const ConvArgs<T>&, cudaStream_t);

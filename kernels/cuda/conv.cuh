@@ -66,6 +66,13 @@ struct ConvArgs {
 template <class T>
 size_t conv2d_workspace_bytes(const ConvShape& s, ConvPass pass);
 
+// Whether cuDNN has an algorithm this path accepts (deterministic, within the workspace limit,
+// exact for float without TF32) for all three passes of s (s.cudnn set); false without cuDNN.
+// The choices are cached like conv2d_workspace_bytes's. The engine falls back to our kernels
+// when its default (cuDNN) has none.
+template <class T>
+bool conv_cudnn_has_algorithms(const ConvShape& s);
+
 template <class T>
 void conv2d_forward(const ConvShape& s, const ConvArgs<T>& a, cudaStream_t stream);
 template <class T>
