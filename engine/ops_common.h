@@ -41,17 +41,18 @@ E variant_from_env(const char* var, E fallback, const char* (*name)(E),
   const char* raw = std::getenv(var);
   if (!raw || !*raw) return fallback;
   const std::string want = raw;
-  std::ostringstream choices;
-  for (int i = 0; i < 64; ++i) {
+  auto known = [name](int i) {
     const char* n = name(E(i));
-    if (!n || std::string(n) == "?") break;
-    if (want == n) return E(i);
-    choices << (i ? ", " : "") << n << (E(i) == fallback ? " (the default)" : "");
-  }
-  for (const auto& [alias, value] : aliases) {
+    return n && std::string(n) != "?";
+  };
+  for (int i = 0; i < 64 && known(i); ++i)
+    if (want == name(E(i))) return E(i);
+  for (const auto& [alias, value] : aliases)
     if (want == alias) return value;
-    choices << ", " << alias << " (= " << name(value) << ")";
-  }
+  std::ostringstream choices;  // the error path only
+  for (int i = 0; i < 64 && known(i); ++i)
+    choices << (i ? ", " : "") << name(E(i)) << (E(i) == fallback ? " (the default)" : "");
+  for (const auto& [alias, value] : aliases) choices << ", " << alias << " (= " << name(value) << ")";
   CLIPCU_FAIL(var << "='" << want << "': expected one of " << choices.str());
 }
 
