@@ -5,7 +5,6 @@
 // of squares) for accuracy. One variant: this is the oracle and the CPU engine both.
 #include "kernels/cpu/batchnorm.h"
 
-#include <algorithm>
 #include <cmath>
 
 namespace clipcu::cpu {
