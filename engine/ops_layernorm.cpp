@@ -2,7 +2,9 @@
 //
 // Forward keeps the per-row mean and rstd as tensors captured by the backward closure, so the
 // backward never recomputes the statistics. CUDA tensors (F32/BF16) run kernels/cuda/layernorm.cuh
-// (no residual fusion at this level), with float32 mean/rstd.
+// (no residual fusion at this level), with float32 mean/rstd; the variant is CLIPCU_LAYERNORM
+// (docs/gpu.md): warp (the default), pipelined (its backward, not yet measured on a GPU) or
+// simple.
 #include "engine/autograd.h"
 #include "engine/ops.h"
 #include "engine/ops_common.h"
@@ -15,6 +17,14 @@
 namespace clipcu::ops {
 
 using namespace detail;
+
+#ifdef CLIPCU_WITH_CUDA
+namespace {
+cuda::LayerNormKernel layernorm_kernel() {
+  return variant_from_env("CLIPCU_LAYERNORM", cuda::LayerNormKernel::Warp, cuda::layernorm_kernel_name);
+}
+}  // namespace
+#endif
 
 Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
   const char* op = "layer_norm";
@@ -47,6 +57,7 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, dou
       a.N = N, a.C = C, a.eps = float(eps);
       a.x = dev<T>(x), a.weight = dev<T>(weight), a.bias = dev<T>(bias);
       a.y = dev<T>(y), a.mean = mean.data<float>(), a.rstd = rstd.data<float>();
+      a.kernel = layernorm_kernel();
       cuda::layernorm_forward<T>(a, stream_of(x));
     });
     if (needs_grad({&x, &weight, &bias})) {
@@ -64,6 +75,7 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, dou
           a.mean = mean.data<float>(), a.rstd = rstd.data<float>();
           a.dx = dev<T>(gx), a.dweight = dev<T>(gw), a.dbias = dev<T>(gb);
           a.workspace = ws.defined() ? ws.data<float>() : nullptr;
+          a.kernel = layernorm_kernel();
           cuda::layernorm_backward<T>(a, stream_of(x));
         });
       });

@@ -317,6 +317,14 @@ CLIPCU_GPU_TEST("cuda engine: layer_norm, l2_normalize and attention match the C
              {in(randn({9, 768}, 508)), in(randn({768}, 509)), in(randn({768}, 510))}, 511, w);
   check_both("layer_norm [4, 13] no affine", one([](const auto& x) { return ops::layer_norm(x[0], Tensor(), Tensor()); }),
              {in(randn({4, 13}, 512))}, 513, w);
+  // every variant through CLIPCU_LAYERNORM (the engine reads it at each call)
+  for (const char* variant : {"pipelined", "simple"}) {
+    setenv("CLIPCU_LAYERNORM", variant, 1);
+    check_both(std::string("layer_norm [33, 768] CLIPCU_LAYERNORM=") + variant,
+               one([](const auto& x) { return ops::layer_norm(x[0], x[1], x[2]); }),
+               {in(randn({33, 768}, 514)), in(randn({768}, 515)), in(randn({768}, 516))}, 517, w);
+  }
+  unsetenv("CLIPCU_LAYERNORM");
   check_both("l2_normalize [7, 33]", one([](const auto& x) { return ops::l2_normalize(x[0]); }),
              {in(randn({7, 33}, 520))}, 521, w);
   check_both("l2_normalize [3, 300]", one([](const auto& x) { return ops::l2_normalize(x[0]); }),
