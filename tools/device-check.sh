@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# One check of the whole project on a GPU machine: configure and build Release with all cores,
-# run the CUDA tests, compute-sanitizer (memcheck over the CUDA tests, racecheck over the kernels
-# that use shared memory), every other test, then the benchmarks with the time left, and write OUTDIR/report.md
-# (GPU, driver, CUDA, pass/fail per stage with timings, what failed) beside the raw logs.
+# One check of the whole project on a GPU machine: configure and build Release with all cores
+# (the GPU programs first), the wgmma smoke test, the CUDA tests, compute-sanitizer (memcheck over
+# the CUDA tests, racecheck over the kernels that use shared memory), the GPU benchmarks against
+# cuBLAS / cuDNN / PyTorch, then the rest of the build, every other test and the CPU benchmarks
+# with the time left, and write OUTDIR/report.md (GPU, driver, CUDA, pass/fail per stage with
+# timings, what failed) beside the raw logs.
 # Meant to finish within 8 minutes on an H100: every stage has a time limit, and a stage cut
 # short is reported as TIMEOUT, never as passed.
 #
@@ -16,9 +18,9 @@
 #   --arch ARCHS   CMAKE_CUDA_ARCHITECTURES (default: the GPU's own, e.g. 90a on an H100)
 #   --budget S     the report is final after S seconds (default 470: within 8 minutes)
 #   --bench-budget S  seconds for bench/run_gpu_benchmarks.sh (default 150)
-#   --cuda-only    build only the CUDA tests and benchmarks (and bench_step); run those and the
-#                  sanitizers (a quicker look at the GPU code; the CPU-only tests and benchmarks are
-#                  left out)
+#   --cuda-only    build only the CUDA tests and benchmarks (and bench_step); run those, the
+#                  sanitizers and the GPU benchmarks (the CPU-only tests and benchmarks are left
+#                  out)
 # Files written (at most 8, flat, for the device tool's copy-back): report.md, build.log (the
 # environment, then configure and build), test_cuda.log, sanitizer.log, ctest.log, bench.log,
 # bench_table.md and bench_json.tgz (bench/run_gpu_benchmarks.sh's table and JSON).
@@ -179,17 +181,15 @@ if [ "$RC" -ne 0 ]; then
   record configure "$(verdict $RC)" "$SECS" "see build.log"
 else
   record configure PASS "$SECS" "$(grep -E 'clipcu: (CUDA|OpenBLAS)' "$OUTDIR/build.log" | sed 's/-- //' | tr '\n' ' ')"
-  targets=(); what="all targets"
-  if [ "$CUDA_ONLY" -eq 1 ]; then
-    # every test_cuda_* and bench_cuda_* program and bench_step (its GPU steps), names from the
-    # generator's target list
-    mapfile -t cuda_targets < <(cmake --build "$BUILD" --target help 2>/dev/null | grep -oE '\b((test|bench)_cuda[a-z0-9_]*|bench_step)\b' | sort -u)
-    [ ${#cuda_targets[@]} -gt 0 ] || cuda_targets=(test_cuda_ops bench_cuda_ops)
-    if [ "$BENCH" -eq 0 ]; then  # --no-bench: the test programs only
-      mapfile -t cuda_targets < <(printf '%s\n' "${cuda_targets[@]}" | grep -v '^bench_')
-    fi
-    targets=(--target "${cuda_targets[@]}"); what="${cuda_targets[*]}"
+  # First the GPU programs: every test_cuda_* and bench_cuda_* program and bench_step (its GPU
+  # steps), names from the generator's target list; the other targets are built later, before
+  # `ctest -LE cuda`, so that the GPU tests, sanitizers and benchmarks come first in the budget.
+  mapfile -t cuda_targets < <(cmake --build "$BUILD" --target help 2>/dev/null | grep -oE '\b((test|bench)_cuda[a-z0-9_]*|bench_step)\b' | sort -u)
+  [ ${#cuda_targets[@]} -gt 0 ] || cuda_targets=(test_cuda_ops bench_cuda_ops)
+  if [ "$BENCH" -eq 0 ]; then  # --no-bench: the test programs only
+    mapfile -t cuda_targets < <(printf '%s\n' "${cuda_targets[@]}" | grep -v '^bench_')
   fi
+  targets=(--target "${cuda_targets[@]}"); what="${cuda_targets[*]}"
   # -k: a target that fails to build does not stop the others (their tests still run below)
   timed 300 cmake --build "$BUILD" -j "$JOBS" "${targets[@]}" -- -k >>"$OUTDIR/build.log" 2>&1
   if [ "$RC" -eq 0 ]; then
@@ -315,26 +315,10 @@ else
   record "compute-sanitizer" "NOT RUN" 0 "no CUDA test program was built"
 fi
 
-# ---------------------------------------------------------------- every other test
-if [ "$CUDA_ONLY" -eq 1 ]; then
-  record "ctest (all other tests)" SKIP 0 "--cuda-only"
-elif [ -d "$BUILD/tests" ]; then
-  # the CUDA test programs (label "cuda") ran above in full
-  timed 200 ctest --test-dir "$BUILD" -j "$JOBS" --timeout 180 --output-on-failure -LE cuda >"$OUTDIR/ctest.log" 2>&1
-  summary="$(grep -E 'tests passed|tests failed' "$OUTDIR/ctest.log" | tail -1)"
-  failed="$(sed -n '/The following tests FAILED/,$p' "$OUTDIR/ctest.log" | grep -E '^\s+[0-9]+ - ' | head -15 | sed 's/^\s*/    /')"
-  skipped="$(grep -c 'Skipped' "$OUTDIR/ctest.log")"
-  record "ctest (all other tests)" "$(verdict $RC)" "$SECS" "${summary:-no summary}; $skipped lines say Skipped"
-  [ -n "$failed" ] && add_extra "## ctest failures"$'\n\n'"$failed"
-else
-  record "ctest (all other tests)" "NOT RUN" 0 "no build"
-fi
-
-# ---------------------------------------------------------------- GPU benchmarks (after every test
-# and sanitizer: they take what is left of the budget, and a cut-short benchmark fails no test)
-# bench/run_gpu_benchmarks.sh: every bench_cuda_* program, bench_step's GPU steps and PyTorch
-# beside them, one table (bench_table.md) and the JSON of both sides (bench_json.tgz)
-if [ "$BENCH" -eq 1 ]; then
+# ---------------------------------------------------------------- GPU benchmarks
+run_gpu_benches() {
+  # bench/run_gpu_benchmarks.sh: every bench_cuda_* program, bench_step's GPU steps and PyTorch
+  # beside them, one table (bench_table.md) and the JSON of both sides (bench_json.tgz)
   gb="$(mktemp -d)"
   echo "===== bench/run_gpu_benchmarks.sh" >>"$OUTDIR/bench.log"
   bb=$(( $(left) - 45 )); [ "$bb" -gt "$BENCH_BUDGET" ] && bb="$BENCH_BUDGET"
@@ -351,6 +335,30 @@ if [ "$BENCH" -eq 1 ]; then
     record "GPU benchmarks (bench/run_gpu_benchmarks.sh)" "FAIL" "$SECS" "no table written: see bench.log"
   fi
   rm -rf "$gb"
+}
+# Before the CPU-only tests: the benchmarks are what the GPU machine is for (CI runs the CPU
+# tests on every commit), so they get their budget first.
+[ "$BENCH" -eq 1 ] && run_gpu_benches
+
+# ---------------------------------------------------------------- every other test
+if [ "$CUDA_ONLY" -eq 1 ]; then
+  record "ctest (all other tests)" SKIP 0 "--cuda-only"
+elif [ -d "$BUILD/tests" ]; then
+  timed 300 cmake --build "$BUILD" -j "$JOBS" -- -k >>"$OUTDIR/build.log" 2>&1
+  if [ "$RC" -eq 0 ]; then
+    record "build (all other targets)" PASS "$SECS" "-j$JOBS"
+  else
+    record "build (all other targets)" "$(verdict $RC)" "$SECS" "see build.log"
+  fi
+  # the CUDA test programs (label "cuda") ran above in full
+  timed 200 ctest --test-dir "$BUILD" -j "$JOBS" --timeout 180 --output-on-failure -LE cuda >"$OUTDIR/ctest.log" 2>&1
+  summary="$(grep -E 'tests passed|tests failed' "$OUTDIR/ctest.log" | tail -1)"
+  failed="$(sed -n '/The following tests FAILED/,$p' "$OUTDIR/ctest.log" | grep -E '^\s+[0-9]+ - ' | head -15 | sed 's/^\s*/    /')"
+  skipped="$(grep -c 'Skipped' "$OUTDIR/ctest.log")"
+  record "ctest (all other tests)" "$(verdict $RC)" "$SECS" "${summary:-no summary}; $skipped lines say Skipped"
+  [ -n "$failed" ] && add_extra "## ctest failures"$'\n\n'"$failed"
+else
+  record "ctest (all other tests)" "NOT RUN" 0 "no build"
 fi
 
 # ---------------------------------------------------------------- the other benchmarks
