@@ -209,6 +209,25 @@ __global__ void __launch_bounds__(256) ln_fwd_simple(const LayerNormForwardArgs<
 }
 
 // ---------------------------------------------------------------- layer norm backward
+// The end of both backward kernels' dweight / dbias work: the 8 warps' column partials (red:
+// [8 warps][2][C], dweight then dbias) added per column in warp order (a fixed order) into the
+// chunk's rows of the workspace ([2][chunks, C]: dweight rows, then dbias rows). Block of 256.
+__device__ __forceinline__ void write_chunk_partials(const float* red, int64_t C, int64_t chunk, int64_t chunks,
+                                                     float* workspace) {
+  float* part_w = workspace + chunk * C;             // [chunks, C]
+  float* part_b = workspace + (chunks + chunk) * C;  // [chunks, C] after part_w
+  for (int64_t c = threadIdx.x; c < C; c += 256) {
+    float sw = 0.f, sb = 0.f;
+#pragma unroll
+    for (int wi = 0; wi < 8; ++wi) {
+      sw += red[int64_t(wi) * 2 * C + c];
+      sb += red[int64_t(wi) * 2 * C + C + c];
+    }
+    part_w[c] = sw;
+    part_b[c] = sb;
+  }
+}
+
 // grid: chunks; block: 256 (8 warps); dynamic shared memory: 16 C floats when dweight or dbias
 // (per warp, its dweight and dbias partials: a lane only ever touches its own columns, so no
 // races and no atomics). Keeping the partials out of registers is what lets 2-3 blocks share an
@@ -291,19 +310,7 @@ __global__ void __launch_bounds__(256, kChunks > 6 ? 2 : 3) ln_bwd_warp(const La
   }
   if (!want_params) return;  // uniform over the block
   __syncthreads();
-  // the 8 warps' partials per column, warp 0 first (a fixed order)
-  float* part_w = a.workspace + chunk * C;             // [chunks, C]
-  float* part_b = a.workspace + (chunks + chunk) * C;  // [chunks, C] after part_w
-  for (int64_t c = threadIdx.x; c < C; c += 256) {
-    float sw = 0.f, sb = 0.f;
-#pragma unroll
-    for (int wi = 0; wi < 8; ++wi) {
-      sw += red[int64_t(wi) * 2 * C + c];
-      sb += red[int64_t(wi) * 2 * C + C + c];
-    }
-    part_w[c] = sw;
-    part_b[c] = sb;
-  }
+  write_chunk_partials(red, C, chunk, chunks, a.workspace);
 }
 
 
@@ -539,19 +546,7 @@ __global__ void __launch_bounds__(256, 2) ln_bwd_pipelined(const LayerNormBackwa
   }
   if (!want_params) return;  // uniform over the block
   __syncthreads();
-  // the 8 warps' partials per column, warp 0 first (a fixed order)
-  float* part_w = a.workspace + chunk * C;             // [chunks, C]
-  float* part_b = a.workspace + (chunks + chunk) * C;  // [chunks, C] after part_w
-  for (int64_t c = threadIdx.x; c < C; c += 256) {
-    float sw = 0.f, sb = 0.f;
-#pragma unroll
-    for (int wi = 0; wi < 8; ++wi) {
-      sw += red[int64_t(wi) * 2 * C + c];
-      sb += red[int64_t(wi) * 2 * C + C + c];
-    }
-    part_w[c] = sw;
-    part_b[c] = sb;
-  }
+  write_chunk_partials(red, C, chunk, chunks, a.workspace);
 }
 
 // Pass 2 of the Pipelined backward, dweight and dbias in one launch: out[c] += sum over chunks of
