@@ -44,6 +44,7 @@
 #include "kernels/cuda/clip_loss.cuh"
 #include "kernels/cuda/embedding.cuh"
 #include "kernels/cuda/gemm.cuh"
+#include "kernels/cuda/gemm_wgmma_layout.h"
 #include "kernels/cuda/layernorm.cuh"
 
 using namespace clipcu;
@@ -1010,6 +1011,68 @@ CLIPCU_GPU_TEST("cuda runtime: pinned staging uploads in stream order") {
 }
 
 // ================================================================ host side (no GPU needed)
+namespace {
+// PTX's canonical 128-byte-swizzled layouts (PTX ISA, "Shared Memory Matrix Layout"), written
+// out independently of the kernel: the byte address the tensor cores read for element (mn, k)
+// of a k16 slice (bf16, 8 elements per 16 bytes), given the descriptor's fields. K-major:
+// ((8, m), (8, 2)) : ((128 B, SBO), (2 B, 16 B)); MN-major: ((8, 8, m), (8, 2)) : ((2 B, 16 B,
+// LBO), (128 B, SBO)); then bits 4-6 of the address are XORed with bits 7-9.
+uint32_t canonical_address(uint64_t desc, bool mn_major, int mn, int k) {
+  const uint32_t start = uint32_t(desc & 0x3FFF) << 4, lbo = uint32_t((desc >> 16) & 0x3FFF) << 4;
+  const uint32_t sbo = uint32_t((desc >> 32) & 0x3FFF) << 4;
+  uint32_t a;
+  if (mn_major) {
+    a = start + (mn % 8) * 2 + ((mn / 8) % 8) * 16 + (mn / 64) * lbo + (k % 8) * 128 + (k / 8) * sbo;
+  } else {
+    a = start + (mn % 8) * 128 + (mn / 8) * sbo + (k / 8) * 16 + (k % 8) * 2;
+  }
+  return a ^ (((a >> 7) & 7) << 4);
+}
+}  // namespace
+
+TEST_CASE("cuda host: the Hopper GEMM's shared-memory tiles and descriptors agree with PTX's canonical layouts") {
+  namespace L = cuda::wgmma_layout;
+  constexpr uint32_t kTile = 7 * 1024;  // a 1024-byte aligned tile in shared memory
+  const uint64_t d = L::make_desc(kTile + 96, 8192, 1024);
+  CHECK((d & 0x3FFF) == (kTile + 96) >> 4);
+  CHECK(((d >> 16) & 0x3FFF) == 8192 >> 4);
+  CHECK(((d >> 32) & 0x3FFF) == 1024 >> 4);
+  CHECK((d >> 62) == 1);  // 128-byte swizzle
+  int64_t checked = 0, wrong = 0;
+  // every element of every k16 slice the kernel reads: A (64 rows per warpgroup, 2 warpgroups)
+  // and B (128 columns per wgmma, up to 2 per k step), both majors; the loader put element
+  // (row r, element e) of the global block at tile offset offset(r, e)
+  for (bool mn_major : {false, true})
+    for (int mn0 : {0, 64, 128}) {
+      const int width = mn0 == 64 ? 64 : 128;  // A's second warpgroup; B's wgmmas
+      for (int ks = 0; ks < L::kBK / 16; ++ks) {
+        const L::SliceDesc s = mn_major ? L::slice0<true>(mn0) : L::slice0<false>(mn0);
+        const uint32_t step = mn_major ? L::kSliceStep<true> : L::kSliceStep<false>;
+        const uint64_t desc = L::make_desc(kTile + s.start + uint32_t(ks) * step, s.lead, s.stride);
+        for (int mn = 0; mn < width; ++mn)
+          for (int k = 0; k < 16; ++k) {
+            const int row_m = mn0 + mn, kk = 16 * ks + k;
+            const int off = mn_major ? L::MnMajorTile::offset(kk, row_m) : L::KMajorTile::offset(row_m, kk);
+            ++checked;
+            if (canonical_address(desc, mn_major, mn, k) != kTile + 2 * uint32_t(off)) ++wrong;
+          }
+      }
+    }
+  MESSAGE("wgmma layouts: " << checked << " element addresses checked, " << wrong << " differ");
+  CHECK(wrong == 0);
+  // the tiles are permutations of their memory (the loader's chunks land on distinct addresses)
+  for (int rows : {128, 256}) {
+    std::vector<int> seen(size_t(rows) * 64, 0);
+    for (int r = 0; r < rows; ++r)
+      for (int e = 0; e < 64; ++e) ++seen[size_t(L::KMajorTile::offset(r, e))];
+    CHECK(std::all_of(seen.begin(), seen.end(), [](int c) { return c == 1; }));
+    std::vector<int> seen_mn(size_t(rows) * 64, 0);
+    for (int k = 0; k < 64; ++k)
+      for (int e = 0; e < rows; ++e) ++seen_mn[size_t(L::MnMajorTile::offset(k, e))];
+    CHECK(std::all_of(seen_mn.begin(), seen_mn.end(), [](int c) { return c == 1; }));
+  }
+}
+
 TEST_CASE("cuda host: allocator size classes round up by at most 25% in 512-byte steps") {
   size_t prev = 0;
   for (size_t bytes : {size_t(0), size_t(1), size_t(512), size_t(513), size_t(1) << 20, (size_t(1) << 20) + 1,

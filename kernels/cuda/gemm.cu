@@ -41,6 +41,7 @@
 
 #include "kernels/cuda/common/check.h"
 #include "kernels/cuda/common/device.cuh"
+#include "kernels/cuda/gemm_wgmma_layout.h"
 
 namespace clipcu::cuda {
 
@@ -831,18 +832,11 @@ void launch_any(const GemmParams<T>& p, cudaStream_t stream, const Plan* forced)
 // per k16 step), both operands read by the tensor cores straight from shared memory through
 // matrix descriptors; the f32 accumulators (BN / 2 per thread) live in registers.
 //
-// Shared tiles use the 128-byte swizzle of the wgmma descriptors (an XOR of the 16-byte chunk
-// index inside each 128-byte row with the row's index inside its 1024-byte group; groups start
-// at 1024-byte aligned addresses, so the pattern is a function of the address):
-//   K-major operand (A [M, K], B [N, K]: K contiguous in memory): row r (m or n) holds the step's
-//     BK = 64 k in 128 bytes; 8-row groups are 1024 bytes apart (the descriptor's stride offset);
-//     the k16 slice ks of a step starts 32 ks bytes into the row (the hardware applies the
-//     swizzle to the summed address).
-//   MN-major operand (A [K, M], B [K, N]: M or N contiguous): atoms of 64 (m or n) x 8 k, each
-//     8 rows of 128 bytes (row = k); atom (a, g) (a: 64-wide MN block, g: 8-k group) at
-//     (8 a + g) x 1024 bytes: the k16 slice ks is atoms g = 2 ks, 2 ks + 1 (stride offset 1024)
-//     and the next 64 of M or N is 8192 bytes on (the descriptor's leading offset). The
-//     instruction's transpose flag tells the tensor cores which of the two they read.
+// Shared tiles use the 128-byte swizzle of the wgmma descriptors, K-major or MN-major by
+// operand (kernels/cuda/gemm_wgmma_layout.h: the offsets and descriptors, checked against PTX's
+// canonical layouts by a host test): the k16 slice ks of a K-major tile starts 32 ks bytes into
+// each row (the hardware swizzles the summed address), that of an MN-major tile 2 ks atoms on;
+// the instruction's transpose flag tells the tensor cores which of the two they read.
 // The global loads are 16-byte cp.async chunks (load_tile: consecutive threads, consecutive
 // chunks of a global row), or element-wise stores for unaligned operands, zero outside the
 // matrix.
@@ -866,9 +860,9 @@ namespace wg {
 #define CLIPCU_GEMM_WGMMA 0
 #endif
 
-constexpr int BM = 128, BK = 64;
+using wgmma_layout::kAtomBytes;      // the layouts: kernels/cuda/gemm_wgmma_layout.h
+constexpr int BM = 128, BK = wgmma_layout::kBK;
 constexpr int kThreads = 256;       // two warpgroups
-constexpr int kAtomBytes = 1024;    // 8 rows of 128 bytes: the swizzle's repeating unit
 
 template <int BN>
 struct Geo {
@@ -883,25 +877,8 @@ struct Geo {
 
 #if CLIPCU_GEMM_WGMMA
 constexpr int kInstN = 128;         // N of one wgmma
-constexpr int kRowBytes = 128;      // 64 bf16
-constexpr int kAtomElems = kAtomBytes / 2;
-
-// Element offsets inside a stage tile (the load_tile interface: row r of the global block,
-// element e along its contiguous dimension).
-struct KMajorTile {  // rows m or n, 64 k each
-  static constexpr int E = 8;
-  __host__ __device__ static constexpr int offset(int r, int e) {
-    return r * (kRowBytes / 2) + (((e >> 3) ^ (r & 7)) << 3) + (e & 7);
-  }
-};
-struct MnMajorTile {  // rows k (BK of them), the tile's M or N along e
-  static constexpr int E = 8;
-  __host__ __device__ static constexpr int offset(int k, int e) {
-    const int c = e >> 3;  // 16-byte chunk along M or N
-    return ((c >> 3) * (BK / 8) + (k >> 3)) * kAtomElems + (k & 7) * (kRowBytes / 2) + (((c & 7) ^ (k & 7)) << 3) +
-           (e & 7);
-  }
-};
+using wgmma_layout::KMajorTile;
+using wgmma_layout::MnMajorTile;
 
 // Copies the block at (r0, c0) of a row-major global matrix [rows][cols] into a stage tile, like
 // mma::load_tile (which it calls for unaligned operands), with fewer registers in the cp.async
@@ -935,27 +912,14 @@ __device__ __forceinline__ void load_stage_tile(bf16* s, const bf16* g, int64_t 
   }
 }
 
-// A shared-memory matrix descriptor with the 128-byte swizzle: start address, leading and stride
-// byte offsets (each stored >> 4). The start address is the low field: adding (bytes >> 4) to a
-// descriptor moves it (addresses stay below 2^18, so the field never carries over).
-__device__ __forceinline__ uint64_t make_desc(uint32_t smem_addr, uint32_t lead_bytes, uint32_t stride_bytes) {
-  return uint64_t((smem_addr & 0x3FFFF) >> 4) | (uint64_t((lead_bytes & 0x3FFFF) >> 4) << 16) |
-         (uint64_t((stride_bytes & 0x3FFFF) >> 4) << 32) | (uint64_t(1) << 62);
-}
 // The descriptor of k16 slice 0 of the stage-0 tile at smem address `tile`, for the rows starting
-// at MN offset mn0 (a multiple of 64); slice_step: the bytes to the next k16 slice.
+// at MN offset mn0 (a multiple of 64); the next slices are kSliceStep bytes on.
 template <bool kMnMajor>
 __device__ __forceinline__ uint64_t base_desc(uint32_t tile, int mn0) {
-  if constexpr (kMnMajor) {
-    // leading: the next 64 of M or N (an atom column of BK / 8 atoms); stride: the next 8 k
-    return make_desc(tile + uint32_t((mn0 / 64) * (BK / 8) * kAtomBytes), (BK / 8) * kAtomBytes, kAtomBytes);
-  } else {
-    // leading: unused with swizzling (1); stride: the next 8 rows
-    return make_desc(tile + uint32_t(mn0 * kRowBytes), 16, kAtomBytes);
-  }
+  const wgmma_layout::SliceDesc d = wgmma_layout::slice0<kMnMajor>(mn0);
+  return wgmma_layout::make_desc(tile + d.start, d.lead, d.stride);
 }
-template <bool kMnMajor>
-constexpr uint32_t kSliceStep = kMnMajor ? 2 * kAtomBytes : 32;
+using wgmma_layout::kSliceStep;
 
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
