@@ -22,9 +22,9 @@
 //
 // Names: a NameScope pushes a module path component; every node records the path at the time it
 // was recorded and gets a name unique on the tape: "<path>.<op>" for the first such op in that
-// scope, "<path>.<op>#k" for the (k+1)-th (MultiheadAttention slices qkv three times: "attn.slice",
-// "attn.slice#1", "attn.slice#2"). A single output is named like its node, output i of several
-// "<node name>.<i>"; an output that already has a name keeps it. The counters restart when the
+// scope, "<path>.<op>#k" for the (k+1)-th (a residual block adds twice: "resblocks.0.add",
+// "resblocks.0.add#1"). A single output is named like its node, output i of several
+// "<node name>.<i>" ("attn.split_qkv_heads.2", the value heads); an output that already has a name keeps it. The counters restart when the
 // tape is cleared, so the same forward gives the same names every step (docs/inspect.md).
 #pragma once
 #include <functional>

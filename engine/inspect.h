@@ -3,7 +3,7 @@
 // The naming scheme (docs/inspect.md has the full table):
 //   <scope>.<op>[#k]    the output of one recorded op: the module path it ran under plus the op
 //                       name, "#k" for the (k+1)-th op of that name in the same scope
-//                       ("visual.transformer.resblocks.0.attn.attention", "....attn.slice#2");
+//                       ("visual.transformer.resblocks.0.attn.attention", "....resblocks.0.add#1");
 //                       output i of a several-output op gets ".<i>" (engine/autograd.h)
 //   <module path>       the output of a module's forward: the last op recorded inside that path
 //                       ("visual.transformer.resblocks.0", "visual.layer1", "visual"), the same
