@@ -518,6 +518,7 @@ void register_gemm() {
     for (cuda::GemmBackend be : backends) {
       // the SIMT reference is slow: one point per layer shape is enough
       if (be == cuda::GemmBackend::Simple && !fwd_or_square) continue;
+      if (be == cuda::GemmBackend::Wgmma && f32) continue;  // float runs the TensorCore kernel there
       reg(key, cuda::gemm_backend_name(be), make(g, GemmImpl::Ours, be));
     }
   };
