@@ -837,7 +837,7 @@ void launch_any(const GemmParams<T>& p, cudaStream_t stream, const Plan* forced)
 // canonical layouts by a host test): the k16 slice ks of a K-major tile starts 32 ks bytes into
 // each row (the hardware swizzles the summed address), that of an MN-major tile 2 ks atoms on;
 // the instruction's transpose flag tells the tensor cores which of the two they read.
-// The global loads are 16-byte cp.async chunks (load_tile: consecutive threads, consecutive
+// The global loads are 16-byte cp.async chunks (load_stage_tile: consecutive threads, consecutive
 // chunks of a global row), or element-wise stores for unaligned operands, zero outside the
 // matrix.
 //
