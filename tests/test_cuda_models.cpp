@@ -47,6 +47,10 @@
 #include "engine/train/device_setup.h"
 #include "tests/model_golden.h"
 
+#ifdef CLIPCU_WITH_CUDA
+#include "kernels/cuda/gemm.cuh"
+#endif
+
 using namespace clipcu;
 using namespace clipcu::test;
 
@@ -59,9 +63,14 @@ constexpr double kBf16GradAll = 5e-2;
 const Device kGpu = Device::cuda(0);
 
 // fp32 on the GPU is checked at float32 accuracy: cuBLAS with full float32 math (see the top).
-void float32_products() {
-  setenv("CLIPCU_GEMM", "cublas", 1);
+// `gemm`: another CLIPCU_GEMM backend, for the bf16 runs through our own GEMM kernels.
+void float32_products(const char* gemm = "cublas") {
+  setenv("CLIPCU_GEMM", gemm, 1);
   unsetenv("CLIPCU_TF32");
+}
+// " (CLIPCU_GEMM=x)" in the reports when not the default.
+std::string gemm_note(const char* gemm) {
+  return std::string(gemm) == "cublas" ? std::string() : std::string(" (CLIPCU_GEMM=") + gemm + ")";
 }
 
 const char* precision_name(DType dt) { return dt == DType::BF16 ? "bf16" : "fp32"; }
@@ -84,15 +93,16 @@ std::unique_ptr<models::CLIP> golden_on_gpu(const std::string& tag, DType dt, st
 }
 
 // Inference mode: features and logits; BatchNorm running statistics stay as loaded.
-void check_gpu_eval(const std::string& tag, DType dt) {
-  float32_products();
+void check_gpu_eval(const std::string& tag, DType dt, const char* gemm = "cublas") {
+  float32_products(gemm);
   auto model = golden_on_gpu(tag, dt, nullptr);
   const st::File& io = golden(tag + ".io.safetensors");
   const st::File& w = golden(tag + ".weights.safetensors");
   const double tol = dt == DType::BF16 ? kBf16Fwd : kForwardTol;
   model->eval();
   NoGradGuard no_grad;
-  WorstError fwd{tag + " on the GPU, " + precision_name(dt) + ", inference (features, logits)", 0.0, {}};
+  WorstError fwd{tag + " on the GPU, " + precision_name(dt) + gemm_note(gemm) + ", inference (features, logits)",
+                 0.0, {}};
   // host inputs: the model uploads them (images converted to its type)
   Tensor fi = model->encode_image(io.get("input.images", DType::F32));
   Tensor ft = model->encode_text(io.get("input.text"));
@@ -204,8 +214,8 @@ void expect_bf16_copies(models::CLIP& model, optim::AdamW& opt) {
 }
 
 // Training mode on the GPU, three AdamW steps as in tests/model_golden.h check_golden_training.
-void check_gpu_training(const std::string& tag, DType dt) {
-  float32_products();
+void check_gpu_training(const std::string& tag, DType dt, const char* gemm = "cublas") {
+  float32_products(gemm);
   std::vector<Tensor> f32_values;
   auto model = golden_on_gpu(tag, dt, &f32_values);
   const bool bf16 = dt == DType::BF16;
@@ -223,7 +233,7 @@ void check_gpu_training(const std::string& tag, DType dt) {
   const auto params = model->named_parameters();
   REQUIRE(params.size() == opt.params().size());
   const double fwd_tol = bf16 ? kBf16Fwd : kForwardTol;
-  const std::string what = tag + " on the GPU, " + precision_name(dt);
+  const std::string what = tag + " on the GPU, " + precision_name(dt) + gemm_note(gemm);
   const std::map<std::string, double> torch_errs = bf16 ? torch_bf16_errors(tag) : std::map<std::string, double>{};
   auto step0_tol = [&](const std::string& key) { return bf16 ? bf16_tol(torch_errs, key, kBf16Fwd) : fwd_tol; };
   // bf16 AdamW steps are compared only where PyTorch's own bf16 gradient is within kBf16Grad
@@ -578,6 +588,19 @@ CLIPCU_GPU_TEST("GPU bf16: clip_vit_tiny inference features and logits within th
 }
 CLIPCU_GPU_TEST("GPU bf16: clip_vit_tiny training, gradients, AdamW with float32 masters") {
   check_gpu_training("clip_vit_tiny", DType::BF16);
+}
+CLIPCU_GPU_TEST("GPU bf16: clip_vit_tiny inference and training through our own GEMM kernels (ours; wgmma on Hopper)") {
+  // the same checks and bounds as the two cases above, with every matmul and linear on our
+  // tensor-core kernels instead of cuBLAS
+  std::vector<const char*> gemms = {"ours"};
+#ifdef CLIPCU_WITH_CUDA
+  if (cuda::gemm_wgmma_available(0)) gemms.push_back("wgmma");
+#endif
+  for (const char* gemm : gemms) {
+    check_gpu_eval("clip_vit_tiny", DType::BF16, gemm);
+    check_gpu_training("clip_vit_tiny", DType::BF16, gemm);
+  }
+  float32_products();
 }
 CLIPCU_GPU_TEST("GPU bf16: clip_rn_tiny inference features and logits within the bf16 tolerance") {
   check_gpu_eval("clip_rn_tiny", DType::BF16);
