@@ -68,8 +68,9 @@ __device__ __forceinline__ float act_forward(float x) {
     // 1 + erf(t) = erfc(-t): no cancellation in the negative tail, where 1 + erf loses all digits
     return 0.5f * x * erfcf(-x * 0.70710678118654752f);
   } else {
+    // 0.5 x (1 + tanh(u)) = x sigmoid(2 u): no cancellation in the negative tail (as on the CPU)
     const float u = 0.79788456080286536f * (x + 0.044715f * x * x * x);
-    return 0.5f * x * (1.f + tanhf(u));
+    return x / (1.f + expf(-2.f * u));
   }
 }
 
@@ -90,8 +91,8 @@ __device__ __forceinline__ float act_backward(float x) {
   } else {
     const float k = 0.79788456080286536f;
     const float u = k * (x + 0.044715f * x * x * x);
-    const float th = tanhf(u);
-    return 0.5f * (1.f + th) + 0.5f * x * (1.f - th * th) * k * (1.f + 3.f * 0.044715f * x * x);
+    const float s = 1.f / (1.f + expf(-2.f * u));  // (1 + tanh(u)) / 2
+    return s + 2.f * x * s * (1.f - s) * k * (1.f + 3.f * 0.044715f * x * x);
   }
 }
 
