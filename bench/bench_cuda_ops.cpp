@@ -64,6 +64,7 @@
 #include <vector>
 
 #include "engine/cuda_runtime.h"
+#include "engine/variants.h"
 #include "kernels/cpu/adamw.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/clip_loss.h"
@@ -303,18 +304,6 @@ void reg(const std::string& key, const std::string& impl, std::function<std::uni
       ->Unit(benchmark::kMicrosecond);
 }
 
-// Every value of a variant enum the header declares: the name functions answer "?" past the last.
-template <class E>
-std::vector<E> all_values(const char* (*name)(E)) {
-  std::vector<E> out;
-  for (int i = 0; i < 64; ++i) {
-    const char* n = name(E(i));
-    if (n == nullptr || std::string(n) == "?") break;
-    out.push_back(E(i));
-  }
-  return out;
-}
-
 // ================================================================ cuBLAS in row-major terms
 // Row-major C[M, N] = alpha op(A) op(B) + beta C is column-major C^T = op(B)^T op(A)^T: cuBLAS gets
 // the operands swapped. A is [M, K] ([K, M] when ta), B is [K, N] ([N, K] when tb). batch > 1:
@@ -501,7 +490,7 @@ void register_gemm() {
     squares.push_back({"square" + std::to_string(n) + "_NN", n, n, n, false, false});
   for (const GemmSpec& s : squares) bf16_specs.push_back(s);
 
-  auto backends = all_values<cuda::GemmBackend>(cuda::gemm_backend_name);
+  auto backends = named_values<cuda::GemmBackend>(cuda::gemm_backend_name);
   // the Hopper kernel only where it can run (every name is listed when there is no GPU to ask)
   if (clipcu::cuda_available() && !cuda::gemm_wgmma_available(0))
     backends.erase(std::remove(backends.begin(), backends.end(), cuda::GemmBackend::Wgmma), backends.end());
@@ -671,7 +660,7 @@ void register_attention() {
   const AttnSpec specs[] = {{"vitb32_B256_H12_T50_D64", 256, 12, 50, 64, false},
                             {"vitb16_B256_H12_T197_D64", 256, 12, 197, 64, false},
                             {"text_B256_H8_T77_D64_causal", 256, 8, 77, 64, true}};
-  const auto kernels = all_values<cuda::AttentionKernel>(cuda::attention_kernel_name);
+  const auto kernels = named_values<cuda::AttentionKernel>(cuda::attention_kernel_name);
   for (const AttnSpec& s : specs) {
     const std::string key = "attention_fwd_bwd/bf16/" + s.name;
     reg(key, "base-composition", [s] { return make_attention(s, -1); });
@@ -804,7 +793,7 @@ void register_layernorm() {
                           {"vitb16_50432x768", 50432, 768, false},
                           {"text_19712x512", 19712, 512, false},
                           {"text_19712x512", 19712, 512, true}};
-  const auto kernels = all_values<cuda::LayerNormKernel>(cuda::layernorm_kernel_name);
+  const auto kernels = named_values<cuda::LayerNormKernel>(cuda::layernorm_kernel_name);
   for (const Shape& s : shapes)
     for (bool bwd : {false, true}) {
       const std::string key = std::string("layernorm/") + (s.f32 ? "f32/" : "bf16/") + s.name + (bwd ? "/bwd" : "/fwd");

@@ -7,14 +7,12 @@
 #pragma once
 #include <cstdint>
 #include <cstdlib>
-#include <initializer_list>
-#include <sstream>
 #include <string>
 #include <type_traits>
-#include <utility>
 
 #include "engine/device.h"
 #include "engine/tensor.h"
+#include "engine/variants.h"  // variant_from_env, for the CLIPCU_* kernel choices
 
 #ifdef CLIPCU_WITH_CUDA
 #include "engine/cuda_runtime.h"
@@ -27,33 +25,6 @@ namespace clipcu::ops::detail {
 inline bool env_flag(const char* name) {
   const char* v = std::getenv(name);
   return v && *v && std::string(v) != "0";
-}
-
-// The kernel variant named by the environment variable `var` (CLIPCU_GEMM, CLIPCU_ATTENTION,
-// CLIPCU_CONV_KERNEL; read at every call, cheap next to a launch, so that a test or a benchmark
-// can switch it within one process): `fallback` when unset or empty, else the enum value E(i)
-// whose name(E(i)) matches (values 0, 1, ... until name answers "?" or nullptr, the kernels'
-// *_name convention) or one of the `aliases`; anything else is a clipcu::Error that names the
-// variable and lists the choices.
-template <class E>
-E variant_from_env(const char* var, E fallback, const char* (*name)(E),
-                   std::initializer_list<std::pair<const char*, E>> aliases = {}) {
-  const char* raw = std::getenv(var);
-  if (!raw || !*raw) return fallback;
-  const std::string want = raw;
-  auto known = [name](int i) {
-    const char* n = name(E(i));
-    return n && std::string(n) != "?";
-  };
-  for (int i = 0; i < 64 && known(i); ++i)
-    if (want == name(E(i))) return E(i);
-  for (const auto& [alias, value] : aliases)
-    if (want == alias) return value;
-  std::ostringstream choices;  // the error path only
-  for (int i = 0; i < 64 && known(i); ++i)
-    choices << (i ? ", " : "") << name(E(i)) << (E(i) == fallback ? " (the default)" : "");
-  for (const auto& [alias, value] : aliases) choices << ", " << alias << " (= " << name(value) << ")";
-  CLIPCU_FAIL(var << "='" << want << "': expected one of " << choices.str());
 }
 
 // Floating arguments: defined, and of a dtype the tensor's device computes in: F32 or F64 on

@@ -30,6 +30,7 @@
 #include "engine/device.h"
 #include "engine/dtype.h"
 #include "engine/rng.h"
+#include "engine/variants.h"
 #include "kernels/cpu/activation.h"
 #include "kernels/cpu/adamw.h"
 #include "kernels/cpu/attention.h"
@@ -518,14 +519,6 @@ constexpr LnMode kLnModes[] = {{false, true, true, false, "dx"},
                                {true, true, false, true, "+residual dresidual only"},
                                {false, true, false, false, "dweight dbias only"}};
 
-// Every LayerNormKernel the header declares (names until "?"), so a new variant is tested too.
-std::vector<cuda::LayerNormKernel> layernorm_kernels() {
-  std::vector<cuda::LayerNormKernel> out;
-  for (int i = 0; std::string(cuda::layernorm_kernel_name(cuda::LayerNormKernel(i))) != "?"; ++i)
-    out.push_back(cuda::LayerNormKernel(i));
-  return out;
-}
-
 // offset: the [N, C] buffers start that many elements past an allocation (16-byte alignment and
 // beyond), so a misaligned pointer takes the fallbacks. The backward runs twice from the same
 // starting gradients and must repeat bit for bit.
@@ -622,7 +615,8 @@ CLIPCU_GPU_TEST("cuda layernorm: fused residual add, forward and backward agains
        {9, 1030}, {5, 2048}, {64, 64}, {300, 768}, {1000, 96}, {50, 384}, {17, 640}, {4, 1536}, {33, 512},
        {1000, 512}, {16411, 8}},
       6);
-  const std::vector<cuda::LayerNormKernel> kernels = layernorm_kernels();
+  // every variant the header declares, so a new one is tested too
+  const std::vector<cuda::LayerNormKernel> kernels = named_values(cuda::layernorm_kernel_name);
   REQUIRE(kernels.size() >= 3);
   for (auto [N, C] : shapes)
     for (cuda::LayerNormKernel k : kernels)

@@ -1,9 +1,10 @@
-// The op implementations' shared helpers (engine/ops_common.h) that need no device: the kernel
-// variant chosen through an environment variable (CLIPCU_GEMM, CLIPCU_ATTENTION,
-// CLIPCU_CONV_KERNEL all go through variant_from_env).
+// Kernel variants (engine/variants.h), without a device: the enum's values from its name function,
+// and the one chosen through an environment variable (CLIPCU_GEMM, CLIPCU_ATTENTION,
+// CLIPCU_CONV_KERNEL, CLIPCU_LAYERNORM all go through variant_from_env).
 #include <cstdlib>
+#include <vector>
 
-#include "engine/ops_common.h"
+#include "engine/variants.h"
 #include "tests/support.h"
 
 using namespace clipcu;
@@ -23,10 +24,14 @@ const char* flavour_name(Flavour f) {
 constexpr const char* kVar = "CLIPCU_TEST_FLAVOUR";
 
 Flavour pick(Flavour fallback = Flavour::Fast) {
-  return ops::detail::variant_from_env(kVar, fallback, flavour_name, {{"quick", Flavour::Fast}});
+  return variant_from_env(kVar, fallback, flavour_name, {{"quick", Flavour::Fast}});
 }
 
 }  // namespace
+
+TEST_CASE("named_values: every value up to the name function's \"?\", in order") {
+  CHECK(named_values(flavour_name) == std::vector<Flavour>{Flavour::Plain, Flavour::Fast, Flavour::Exotic});
+}
 
 TEST_CASE("variant_from_env: default when unset or empty, every name and alias, a clear error otherwise") {
   unsetenv(kVar);
