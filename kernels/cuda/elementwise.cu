@@ -60,16 +60,6 @@ __global__ void column_partial_kernel(int64_t outer, int64_t inner, int64_t rows
   partial[k * inner + i] = s;
 }
 
-// Pass 2: db[i] += sum over chunks k (in order) of partial[k, i]. grid: ceil(inner / 256).
-template <class T>
-__global__ void column_total_kernel(int64_t chunks, int64_t inner, const float* partial, T* db) {
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= inner) return;
-  float s = 0.f;
-  for (int64_t k = 0; k < chunks; ++k) s += partial[k * inner + i];
-  accumulate(db + i, s);
-}
-
 template <class T>
 __global__ void scale_kernel(int64_t n, float s, const T* x, T* y) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
@@ -160,8 +150,9 @@ void binary_backward(BinaryOp op, int64_t outer, int64_t inner, const T* a, cons
     const dim3 grid(ceil_div_u(inner, kThreads), unsigned(chunks));
     column_partial_kernel<T, kOp><<<grid, kThreads, 0, stream>>>(outer, inner, rows, a, dy, workspace);
     CLIPCU_CUDA_CHECK_LAUNCH("column_partial_kernel");
-    column_total_kernel<T><<<ceil_div_u(inner, kThreads), kThreads, 0, stream>>>(chunks, inner, workspace, db);
-    CLIPCU_CUDA_CHECK_LAUNCH("column_total_kernel");
+    // pass 2: db[i] += the chunks' partials in order (common/device.cuh)
+    column_chunks_total<T><<<ceil_div_u(inner, kThreads), kThreads, 0, stream>>>(chunks, inner, workspace, db);
+    CLIPCU_CUDA_CHECK_LAUNCH("column_chunks_total");
   });
 }
 

@@ -94,20 +94,11 @@ constexpr int64_t kSimpleMaxC = 16384;     // shared memory of the Simple backwa
 constexpr int64_t kPipeMaxC = kWarpBwdMaxC;  // Pipelined backward: 8 vectors of 4 f32 / 4 of 8 bf16
 
 // ---------------------------------------------------------------- pass 2: chunk partials -> out
-// out[c] += sum over chunks of partial[chunk, c], in chunk order. grid: ceil(C / 256); block 256.
-template <class T>
-__global__ void column_reduce(int64_t chunks, int64_t C, const float* partial, T* out) {
-  const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (c >= C) return;
-  float s = 0.f;
-  for (int64_t k = 0; k < chunks; ++k) s += partial[k * C + c];
-  accumulate(out + c, s);
-}
-
+// (common/device.cuh's column_chunks_total)
 template <class T>
 void launch_column_reduce(int64_t chunks, int64_t C, const float* partial, T* out, cudaStream_t stream) {
-  column_reduce<T><<<ceil_div_u(C, 256), 256, 0, stream>>>(chunks, C, partial, out);
-  CLIPCU_CUDA_CHECK_LAUNCH("column_reduce");
+  column_chunks_total<T><<<ceil_div_u(C, 256), 256, 0, stream>>>(chunks, C, partial, out);
+  CLIPCU_CUDA_CHECK_LAUNCH("column_chunks_total");
 }
 
 // ---------------------------------------------------------------- layer norm forward

@@ -110,6 +110,19 @@ __host__ __forceinline__ void dispatch_act(Act a, F&& f) {
 }
 
 // ---------------------------------------------------------------- reductions
+// Pass 2 of the deterministic two-pass column sums (layer norm's dweight / dbias, the broadcast
+// operand's gradient, column_sum): out[c] += sum over chunks k, in order, of partial[k, c].
+// grid: ceil(C / 256); block: 256.
+template <class T>
+__global__ void column_chunks_total(int64_t chunks, int64_t C, const float* partial,  // [chunks, C]
+                                    T* out) {                                         // [C]
+  const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  float s = 0.f;
+  for (int64_t k = 0; k < chunks; ++k) s += partial[k * C + c];
+  accumulate(out + c, s);
+}
+
 constexpr unsigned kFullMask = 0xffffffffu;
 
 __device__ __forceinline__ float warp_sum(float v) {
