@@ -41,7 +41,7 @@
 
 #include "kernels/cuda/common/check.h"
 #include "kernels/cuda/common/device.cuh"
-#include "kernels/cuda/gemm_wgmma_layout.h"
+#include "kernels/cuda/common/wgmma.cuh"
 
 namespace clipcu::cuda {
 
@@ -83,16 +83,9 @@ __device__ __forceinline__ void epilogue_store(const GemmParams<T>& p, int64_t m
 }
 
 // ---------------------------------------------------------------- tensor-core primitives
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-// "memory": no shared-memory access may be moved across the wait by the compiler
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
+using tc::cp_async16;  // kernels/cuda/common/wgmma.cuh
+using tc::cp_async_commit;
+using tc::cp_async_wait;
 
 __device__ __forceinline__ uint32_t to_tf32(float x) {
   uint32_t r;
@@ -827,141 +820,37 @@ void launch_any(const GemmParams<T>& p, cudaStream_t stream, const Plan* forced)
 }  // namespace mma
 
 // ---------------------------------------------------------------- Wgmma: the sm_90a kernel
-// (see gemm.cuh). Block tile BM x BN (BM = 128, BN = 256 or 128) over 256 threads: warpgroup w
-// (threads 128 w ..) owns rows 64 w .. 64 w + 63 and issues wgmma.m64n128k16 (BN / 128 of them
-// per k16 step), both operands read by the tensor cores straight from shared memory through
-// matrix descriptors; the f32 accumulators (BN / 2 per thread) live in registers.
-//
-// Shared tiles use the 128-byte swizzle of the wgmma descriptors, K-major or MN-major by
-// operand (kernels/cuda/gemm_wgmma_layout.h: the offsets and descriptors, checked against PTX's
-// canonical layouts by a host test): the k16 slice ks of a K-major tile starts 32 ks bytes into
-// each row (the hardware swizzles the summed address), that of an MN-major tile 2 ks atoms on;
-// the instruction's transpose flag tells the tensor cores which of the two they read.
-// The global loads are 16-byte cp.async chunks (load_stage_tile: consecutive threads, consecutive
-// chunks of a global row), or element-wise stores for unaligned operands, zero outside the
-// matrix.
-//
-// Pipeline (kStages shared stages, kStages - 2 steps of loads ahead): at step kt every thread
-// waits for its own copies of step kt, makes them visible to the tensor cores' async proxy
-// (fence.proxy.async), and the block meets at one barrier; then the warpgroups issue step kt's
-// wgmmas, the threads issue the copies of step kt + kStages - 2 into the stage of step kt - 2,
-// and each warpgroup waits until at most one wgmma group (step kt's) is in flight. Step
-// kt - 2's stage is free at step kt's barrier because every warpgroup had waited for its step
-// kt - 2 group before arriving there (in step kt - 1). The epilogue and split-K are the
-// mma.sync kernel's: the accumulators go through shared memory in 16 x 64 pieces per warp.
+// (see gemm.cuh). The block tile, shared-memory layouts, K pipeline and epilogue staging are
+// kernels/cuda/common/wgmma.cuh's (shared with the convolution); this kernel adds the operand
+// loads of the four transpose forms (16-byte cp.async chunks, consecutive threads on consecutive
+// chunks of a global row, or element-wise stores for unaligned operands; zero outside the
+// matrix), the GEMM epilogue and the mma.sync kernel's split-K.
 namespace wg {
 
-// wgmma and the async-proxy fence need sm_90a's architecture-specific instructions: the kernel
-// body exists only there; other targets compile it empty and the host never launches it there
-// (gemm_wgmma_available runs a probe compiled under the same condition).
-#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define CLIPCU_GEMM_WGMMA 1
-#else
-#define CLIPCU_GEMM_WGMMA 0
-#endif
-
-using wgmma_layout::kAtomBytes;      // the layouts: kernels/cuda/gemm_wgmma_layout.h
-constexpr int BM = 128, BK = wgmma_layout::kBK;
-constexpr int kThreads = 256;       // two warpgroups
-
+using tc::BM;
+using tc::BK;
+using tc::kThreads;
 template <int BN>
-struct Geo {
-  static_assert(BN == 128 || BN == 256, "block tile 128 x 128 or 128 x 256");
-  static constexpr int kStages = BN == 256 ? 4 : 6;  // 192 KB of shared memory either way
-  static constexpr int kAElems = BM * BK, kBElems = BN * BK;
-  static constexpr size_t kPipeBytes = size_t(kStages) * (kAElems + kBElems) * 2;
-  static constexpr size_t kScratchBytes = size_t(kThreads / 32) * 16 * mma::kScratchLd * sizeof(float);
-  // + 1024: the dynamic shared memory is aligned up to the swizzle's 1024 bytes in the kernel
-  static constexpr size_t kSmemBytes = (kPipeBytes > kScratchBytes ? kPipeBytes : kScratchBytes) + kAtomBytes;
-};
+using Geo = tc::Geo<BN>;
 
-#if CLIPCU_GEMM_WGMMA
-constexpr int kInstN = 128;         // N of one wgmma
-using wgmma_layout::KMajorTile;
-using wgmma_layout::MnMajorTile;
-
-// Copies the block at (r0, c0) of a row-major global matrix [rows][cols] into a stage tile, like
-// mma::load_tile (which it calls for unaligned operands), with fewer registers in the cp.async
-// path: a thread's chunks sit kStep rows apart in one column of chunks, and because kStep is a
-// multiple of the swizzle's 8 rows they are also a fixed distance apart in the tile, so one
-// source pointer and one destination walk them (the accumulators leave little room).
+// An unaligned operand block, element by element with bounds checks: a call, so that the
+// registers of this rare path do not crowd the main loop's (the K loop of the 128 x 256 tile
+// spilled with it inlined).
 template <class Tile, int kRows, int kChunks>
-__device__ __forceinline__ void load_stage_tile(bf16* s, const bf16* g, int64_t rows, int64_t cols, int64_t r0,
-                                                int64_t c0, bool vec) {
-  if (!vec) {
-    mma::load_tile<Tile, kRows, kChunks, kThreads>(s, g, rows, cols, r0, c0, false);
-    return;
-  }
-  constexpr int kStep = kThreads / kChunks, kPer = kRows / kStep;
-  static_assert(kThreads % kChunks == 0 && kStep % 8 == 0 && kRows % kStep == 0, "whole swizzle groups per step");
-  constexpr int kDstStep = Tile::offset(kStep, 0) - Tile::offset(0, 0);
-  const int rt = int(threadIdx.x) / kChunks, ct = int(threadIdx.x) % kChunks;
-  const int64_t gc = c0 + int64_t(ct) * Tile::E;
-  const bool col_ok = gc < cols;
-  const bf16* src = g + (r0 + rt) * cols + gc;
-  bf16* dst = s + Tile::offset(rt, ct * Tile::E);
-  const int64_t src_step = int64_t(kStep) * cols;
-  int64_t rows_left = rows - (r0 + rt);  // rows at or below this thread's first
-#pragma unroll
-  for (int i = 0; i < kPer; ++i) {
-    const bool ok = col_ok && rows_left > 0;
-    cp_async16(dst, ok ? src : g, ok ? 16 : 0);
-    src += src_step;
-    dst += kDstStep;
-    rows_left -= kStep;
+__device__ __noinline__ void load_operand_slow(bf16* s, const bf16* g, int64_t rows, int64_t cols, int64_t r0,
+                                               int64_t c0) {
+  mma::load_tile<Tile, kRows, kChunks, kThreads>(s, g, rows, cols, r0, c0, false);
+}
+// An operand block: tc::load_stage_tile (16-byte cp.async) when aligned, else the slow path.
+template <class Tile, int kRows, int kChunks>
+__device__ __forceinline__ void load_operand(bf16* s, const bf16* g, int64_t rows, int64_t cols, int64_t r0,
+                                             int64_t c0, bool vec) {
+  if (vec) {
+    tc::load_stage_tile<Tile, kRows, kChunks>(s, g, rows, cols, r0, c0);
+  } else {
+    load_operand_slow<Tile, kRows, kChunks>(s, g, rows, cols, r0, c0);
   }
 }
-
-// The descriptor of k16 slice 0 of the stage-0 tile at smem address `tile`, for the rows starting
-// at MN offset mn0 (a multiple of 64); the next slices are kSliceStep bytes on.
-template <bool kMnMajor>
-__device__ __forceinline__ uint64_t base_desc(uint32_t tile, int mn0) {
-  const wgmma_layout::SliceDesc d = wgmma_layout::slice0<kMnMajor>(mn0);
-  return wgmma_layout::make_desc(tile + d.start, d.lead, d.stride);
-}
-using wgmma_layout::kSliceStep;
-
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void wgmma_wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-// Generic-proxy writes to shared memory (cp.async, st.shared) before async-proxy reads (wgmma).
-__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-// Keeps the compiler from moving accumulator accesses across the asynchronous wgmma window.
-template <int N>
-__device__ __forceinline__ void fence_regs(float (&d)[N]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
-}
-
-// D[64 x 128] += A[64 x 16] B[16 x 128], bf16 inputs from shared memory, f32 accumulators.
-// kTransA / kTransB: the operand is MN-major in shared memory (1) or K-major (0).
-template <int kTransA, int kTransB>
-__device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a, uint64_t desc_b) {
-  asm volatile(
-      "{\n"
-      ".reg .pred p;\n"
-      "setp.ne.b32 p, %66, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
-      "%64, %65, p, 1, 1, %67, %68;\n"
-      "}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-      : "l"(desc_a), "l"(desc_b), "r"(1), "n"(kTransA), "n"(kTransB));
-}
-#endif
 
 // grid, workspace and tile order as gemm_mma_kernel; block: 256 threads; dynamic shared memory
 // Geo<BN>::kSmemBytes.
@@ -969,125 +858,47 @@ template <bool kTransA, bool kTransB, int BN>
 __global__ void __launch_bounds__(kThreads, 1)
     gemm_wgmma_kernel(const GemmParams<bf16> p, bool a_vec, bool b_vec, bool out_vec, int64_t whole_tiles, int splits,
                       int64_t k_chunk, float* partial) {
-#if CLIPCU_GEMM_WGMMA
-  using G = Geo<BN>;
-  constexpr int kStages = G::kStages, kInsts = BN / kInstN;  // wgmmas per k16 step and warpgroup
+#if CLIPCU_HAS_WGMMA
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  // align the stages to the swizzle's 1024 bytes (in the shared address space the descriptors use)
-  const uint32_t raw_addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
-  const uint32_t pad = (kAtomBytes - (raw_addr % kAtomBytes)) % kAtomBytes;
-  unsigned char* const smem = smem_raw + pad;
-  const uint32_t smem_addr = raw_addr + pad;
-  bf16* const As = reinterpret_cast<bf16*>(smem);  // [kStages][G::kAElems]
-  bf16* const Bs = As + kStages * G::kAElems;      // [kStages][G::kBElems]
-  const uint32_t as_addr = smem_addr, bs_addr = smem_addr + uint32_t(kStages * G::kAElems * 2);
-
+  const tc::Stages<BN> sm = tc::stages<BN>(smem_raw);
   const int64_t M = p.M, N = p.N, K = p.K;
   const mma::BlockWork work = mma::block_work(blockIdx.x, M, N, K, BM, BN, whole_tiles, splits, k_chunk, partial);
-  const int64_t m0 = work.m0, n0 = work.n0, k_begin = work.k_begin, k_end = work.k_end;
+  const int64_t m0 = work.m0, n0 = work.n0, k_begin = work.k_begin;
   float* const part = work.part;
-  const int64_t KT = k_end > k_begin ? (k_end - k_begin + BK - 1) / BK : 0;
-  const int wgi = int(threadIdx.x) / 128;  // this thread's warpgroup: rows 64 wgi ..
+  const int64_t KT = work.k_end > k_begin ? (work.k_end - k_begin + BK - 1) / BK : 0;
 
   auto load_stage = [&](int stage, int64_t kt) {
     const int64_t k0 = k_begin + kt * BK;
-    bf16* as = As + stage * G::kAElems;
-    bf16* bs = Bs + stage * G::kBElems;
+    bf16* const as = sm.as + stage * Geo<BN>::kAElems;
+    bf16* const bs = sm.bs + stage * Geo<BN>::kBElems;
     if constexpr (!kTransA) {
-      load_stage_tile<KMajorTile, BM, BK / 8>(as, p.A, M, K, m0, k0, a_vec);  // A [M, K]
+      load_operand<tc::KMajorTile, BM, BK / 8>(as, p.A, M, K, m0, k0, a_vec);  // A [M, K]
     } else {
-      load_stage_tile<MnMajorTile, BK, BM / 8>(as, p.A, K, M, k0, m0, a_vec);  // A [K, M]
+      load_operand<tc::MnMajorTile, BK, BM / 8>(as, p.A, K, M, k0, m0, a_vec);  // A [K, M]
     }
     if constexpr (kTransB) {
-      load_stage_tile<KMajorTile, BN, BK / 8>(bs, p.B, N, K, n0, k0, b_vec);  // B [N, K]
+      load_operand<tc::KMajorTile, BN, BK / 8>(bs, p.B, N, K, n0, k0, b_vec);  // B [N, K]
     } else {
-      load_stage_tile<MnMajorTile, BK, BN / 8>(bs, p.B, K, N, k0, n0, b_vec);  // B [K, N]
+      load_operand<tc::MnMajorTile, BK, BN / 8>(bs, p.B, K, N, k0, n0, b_vec);  // B [K, N]
     }
   };
-
-  float acc[kInsts][64];
+  float acc[Geo<BN>::kInsts][64];
 #pragma unroll
-  for (int i = 0; i < kInsts; ++i)
+  for (int i = 0; i < Geo<BN>::kInsts; ++i)
 #pragma unroll
     for (int e = 0; e < 64; ++e) acc[i][e] = 0.f;
+  tc::mainloop<BN, kTransA, !kTransB>(acc, sm, KT, load_stage);
 
-  constexpr int kAhead = kStages - 2;  // steps of loads in flight ahead of the one computed
-#pragma unroll
-  for (int s = 0; s < kAhead; ++s) {
-    if (s < KT) load_stage(s, s);
-    cp_async_commit();  // possibly empty: keeps the group count uniform
-  }
-  // the descriptors of stage 0, k16 slice 0 (A: this warpgroup's 64 rows; B: wgmma i's 128)
-  const uint64_t desc_a0 = base_desc<kTransA>(as_addr, 64 * wgi);
-  uint64_t desc_b0[kInsts];
-#pragma unroll
-  for (int i = 0; i < kInsts; ++i) desc_b0[i] = base_desc<!kTransB>(bs_addr, kInstN * i);
-  int stage = 0, write_stage = kAhead;
-  for (int64_t kt = 0; kt < KT; ++kt) {
-    // groups committed so far: kAhead + kt; at most kAhead - 1 pending => step kt landed
-    cp_async_wait<kAhead - 1>();
-    fence_proxy_async();
-    __syncthreads();  // step kt is in shared memory; step kt - 2's wgmmas are done everywhere
-    const uint64_t da = desc_a0 + uint64_t(stage * (G::kAElems * 2 / 16));
-    const uint64_t db = uint64_t(stage * (G::kBElems * 2 / 16));
-#pragma unroll
-    for (int i = 0; i < kInsts; ++i) fence_regs(acc[i]);
-    wgmma_fence();
-#pragma unroll
-    for (int ks = 0; ks < BK / 16; ++ks)
-#pragma unroll
-      for (int i = 0; i < kInsts; ++i)
-        wgmma_m64n128k16<kTransA ? 1 : 0, kTransB ? 0 : 1>(acc[i], da + ks * (kSliceStep<kTransA> / 16),
-                                                           desc_b0[i] + db + ks * (kSliceStep<!kTransB> / 16));
-    wgmma_commit();
-    // the copies of step kt + kAhead go to the stage of step kt - 2 (free, see above)
-    if (kt + kAhead < KT) load_stage(write_stage, kt + kAhead);
-    cp_async_commit();
-    wgmma_wait<1>();  // step kt - 1's group is done (this warpgroup)
-#pragma unroll
-    for (int i = 0; i < kInsts; ++i) fence_regs(acc[i]);
-    stage = stage + 1 == kStages ? 0 : stage + 1;
-    write_stage = write_stage + 1 == kStages ? 0 : write_stage + 1;
-  }
-  wgmma_wait<0>();
-#pragma unroll
-  for (int i = 0; i < kInsts; ++i) fence_regs(acc[i]);
-  cp_async_wait<0>();  // only empty groups can be pending; leave none behind
-  __syncthreads();     // every warpgroup is done with the stages: the scratch below reuses them
-
-  // Epilogue: warp w of warpgroup wgi holds rows r0 + g and r0 + g + 8 (r0 = 64 wgi + 16 (w % 4),
-  // g = lane / 4) of every 8-column group j: acc[j / 16][4 (j % 16) + e], columns 8 j + 2 t
-  // (+1 for odd e), t = lane % 4, the +8 row for e >= 2 (the m16n8 accumulator layout, repeated).
-  // Pieces of 16 rows x 64 columns go through the warp's scratch and come back as 4 consecutive
-  // columns per lane, as in the mma.sync kernel.
-  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
-  const int row0 = 64 * wgi + 16 * (warp % 4);
-  float* scratch = reinterpret_cast<float*>(smem) + warp * 16 * mma::kScratchLd;
-  const int g = lane >> 2, t = lane & 3;
-#pragma unroll
-  for (int piece = 0; piece < BN / 64; ++piece) {
-#pragma unroll
-    for (int jl = 0; jl < 8; ++jl) {
-      const int j = piece * 8 + jl, i = j / 16, b = 4 * (j % 16);
-      *reinterpret_cast<float2*>(scratch + g * mma::kScratchLd + jl * 8 + 2 * t) = make_float2(acc[i][b], acc[i][b + 1]);
-      *reinterpret_cast<float2*>(scratch + (g + 8) * mma::kScratchLd + jl * 8 + 2 * t) =
-          make_float2(acc[i][b + 2], acc[i][b + 3]);
+  // split tiles: raw sums to the tile-local partials; whole tiles: the epilogue, in bounds
+  auto store = [&](int r, int c, const float (&v)[4]) {
+    if (part) {
+      *reinterpret_cast<float4*>(part + r * BN + c) = make_float4(v[0], v[1], v[2], v[3]);
+    } else {
+      const int64_t m = m0 + r, n = n0 + c;
+      if (m < M && n < N) mma::epilogue4(p, m, n, v, out_vec);
     }
-    __syncwarp();
-#pragma unroll 1
-    for (int it = 0; it < 8; ++it) {
-      const int r = it * 2 + (lane >> 4), c = (lane & 15) * 4;
-      const float4 v4 = *reinterpret_cast<const float4*>(scratch + r * mma::kScratchLd + c);
-      const float v[4] = {v4.x, v4.y, v4.z, v4.w};
-      if (part) {
-        *reinterpret_cast<float4*>(part + (row0 + r) * BN + piece * 64 + c) = v4;
-      } else {
-        const int64_t m = m0 + row0 + r, n = n0 + piece * 64 + c;
-        if (m < M && n < N) mma::epilogue4(p, m, n, v, out_vec);
-      }
-    }
-    __syncwarp();  // the next piece overwrites the scratch
-  }
+  };
+  tc::epilogue<BN>(acc, sm.base, store);
 #else
   (void)p, (void)a_vec, (void)b_vec, (void)out_vec, (void)whole_tiles, (void)splits, (void)k_chunk, (void)partial;
   __trap();  // never launched: the host checks gemm_wgmma_available first
@@ -1095,7 +906,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 }
 
 // Writes 1 where the kernel above has a body (sm_90a code running on the device).
-__global__ void wgmma_probe_kernel(int* out) { *out = CLIPCU_GEMM_WGMMA; }
+__global__ void wgmma_probe_kernel(int* out) { *out = CLIPCU_HAS_WGMMA; }
 
 // bf16 runs at roughly twice the mma.sync rate per SM (only the ratio to memory matters).
 inline mma::TileMenu menu() { return {{BM, BM}, {256, 128}, {1, 1}, BK, 3.2e12, {1.0, 0.9}}; }
