@@ -1,5 +1,5 @@
-// Our tensor-core implicit-GEMM convolution (kernels/cuda/conv.cuh, ConvKernel::TensorCore)
-// against cuDNN (ConvKernel::Cudnn) on the convolution layers of CLIP's ModifiedResNet RN50 at
+// Our tensor-core implicit-GEMM convolutions (kernels/cuda/conv.cuh: ConvKernel::TensorCore,
+// mma.sync; and on Hopper ConvKernel::Wgmma, bf16, named conv_bf16_wgmma/...) against cuDNN (ConvKernel::Cudnn) on the convolution layers of CLIP's ModifiedResNet RN50 at
 // batch 256 (224 px: the 3-conv stem, the 1x1 and 3x3 layers of each stage) and the ViT-B/32
 // patch embedding, in bf16 and float32 (ours TF32, cuDNN allowed TF32), forward, backward-data
 // and backward-filter. Each benchmark first checks that both produce the same result (norm-wise
@@ -9,7 +9,7 @@
 // 2 N Cout OH OW Cin KH KW per pass), cudnn_TFLOP/s, and ratio = cuDNN time / our time (1 means
 // as fast as cuDNN; the target is >= 0.6 on the 3x3 and 1x1 layers). The times include each
 // kernel's own layout work (our weight copies, split-K reduction; whatever cuDNN does inside).
-// bf16 runs first. Without a GPU (or without cuDNN) the program says so and runs nothing.
+// bf16 runs first, the wgmma kernel before the mma.sync one. Without a GPU (or without cuDNN) the program says so and runs nothing.
 //   build/<dir>/bench/bench_cuda_conv [--benchmark_filter=bf16/.*3x3]
 #include <benchmark/benchmark.h>
 
@@ -130,10 +130,9 @@ void run_pass(const cuda::ConvShape& s, cuda::ConvPass pass, const cuda::ConvArg
 }
 
 template <class T>
-void BM_conv_body(benchmark::State& state, Layer L, cuda::ConvPass pass) {
+void BM_conv_body(benchmark::State& state, Layer L, cuda::ConvPass pass, cuda::ConvKernel kernel) {
   cudaStream_t st = cuda::current_stream();
-  cuda::ConvShape ours = cuda::conv_shape(kBatch, L.Cin, L.H, L.H, L.Cout, L.K, L.K, L.stride, L.pad,
-                                          cuda::ConvKernel::TensorCore);
+  cuda::ConvShape ours = cuda::conv_shape(kBatch, L.Cin, L.H, L.H, L.Cout, L.K, L.K, L.stride, L.pad, kernel);
   cuda::ConvShape ref = ours;
   ref.kernel = cuda::ConvKernel::Cudnn;
 #ifdef CLIPCU_WITH_CUDNN
@@ -202,9 +201,9 @@ void BM_conv_body(benchmark::State& state, Layer L, cuda::ConvPass pass) {
 
 // A failing call (cuDNN declining a shape, out of memory) skips this benchmark, not the rest.
 template <class T>
-void BM_conv(benchmark::State& state, Layer L, cuda::ConvPass pass) {
+void BM_conv(benchmark::State& state, Layer L, cuda::ConvPass pass, cuda::ConvKernel kernel) {
   try {
-    BM_conv_body<T>(state, L, pass);
+    BM_conv_body<T>(state, L, pass, kernel);
   } catch (const std::exception& e) {
     state.SkipWithError(e.what());
   }
@@ -218,12 +217,22 @@ void register_all() {
   auto reg = [](const std::string& name, auto fn) {
     benchmark::RegisterBenchmark(name.c_str(), fn)->UseManualTime()->Unit(benchmark::kMicrosecond);
   };
+  constexpr cuda::ConvPass kPasses[] = {cuda::ConvPass::Forward, cuda::ConvPass::BackwardData,
+                                        cuda::ConvPass::BackwardFilter};
+  using K = cuda::ConvKernel;
+  if (cuda::conv_wgmma_available(0))
+    for (const Layer& L : kLayers)
+      for (cuda::ConvPass p : kPasses)
+        reg(std::string("conv_bf16_wgmma/") + L.name + "/" + pass_name(p),
+            [=](benchmark::State& st) { BM_conv<bf16>(st, L, p, K::Wgmma); });
   for (const Layer& L : kLayers)
-    for (cuda::ConvPass p : {cuda::ConvPass::Forward, cuda::ConvPass::BackwardData, cuda::ConvPass::BackwardFilter})
-      reg(std::string("conv_bf16/") + L.name + "/" + pass_name(p), [=](benchmark::State& st) { BM_conv<bf16>(st, L, p); });
+    for (cuda::ConvPass p : kPasses)
+      reg(std::string("conv_bf16/") + L.name + "/" + pass_name(p),
+          [=](benchmark::State& st) { BM_conv<bf16>(st, L, p, K::TensorCore); });
   for (const Layer& L : kLayers)
-    for (cuda::ConvPass p : {cuda::ConvPass::Forward, cuda::ConvPass::BackwardData, cuda::ConvPass::BackwardFilter})
-      reg(std::string("conv_f32/") + L.name + "/" + pass_name(p), [=](benchmark::State& st) { BM_conv<float>(st, L, p); });
+    for (cuda::ConvPass p : kPasses)
+      reg(std::string("conv_f32/") + L.name + "/" + pass_name(p),
+          [=](benchmark::State& st) { BM_conv<float>(st, L, p, K::TensorCore); });
 }
 
 }  // namespace

@@ -12,9 +12,11 @@
 // Without a GPU the GPU tests are skipped and the last test case exits 77 (ctest: Skipped).
 // CLIPCU_TEST_SMALL=1 keeps the smaller shapes (sanitizer runs).
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -34,6 +36,7 @@
 #include "kernels/cpu/pool.h"
 #include "kernels/cuda/batchnorm.cuh"
 #include "kernels/cuda/conv.cuh"
+#include "kernels/cuda/conv_gather.h"
 
 using namespace clipcu;
 using cuda::bf16;
@@ -82,22 +85,20 @@ struct ConvCase {
   const char* what;
 };
 
-std::vector<cuda::ConvKernel> conv_kernels() {
-  std::vector<cuda::ConvKernel> ks = {cuda::ConvKernel::Simple, cuda::ConvKernel::TensorCore};
-  if (cuda::conv_cudnn_built()) ks.push_back(cuda::ConvKernel::Cudnn);
-  return ks;
-}
+// every kernel this build and GPU run (Wgmma on Hopper with sm_90a code, Cudnn with cuDNN)
+std::vector<cuda::ConvKernel> conv_kernels() { return cuda::conv_kernels(0); }
 
 // forward tolerance, gradient tolerance
 std::pair<double, double> conv_tol(cuda::ConvKernel k, bool is_bf16) {
   if (is_bf16) return {kBf16, kBf16};
-  if (k == cuda::ConvKernel::TensorCore) return {kTf32, kTf32};
+  if (k == cuda::ConvKernel::TensorCore || k == cuda::ConvKernel::Wgmma) return {kTf32, kTf32};  // float: TF32
   return {kF32Fwd, kF32Grad};  // Simple, and cuDNN with allow_tf32 = false
 }
 
+// only: run that kernel alone (default: every kernel of conv_kernels())
 template <class T>
 void conv_case(const ConvCase& c, Fill fill, bool with_bias, uint64_t seed, WorstError& wf, WorstError& wd,
-               WorstError& ww) {
+               WorstError& ww, std::optional<cuda::ConvKernel> only = std::nullopt) {
   const cpu::Conv2dDims d = cpu::conv2d_dims(c.N, c.Cin, c.H, c.W, c.Cout, c.K, c.K, c.stride, c.pad);
   const size_t nx = size_t(d.N * d.Cin * d.H * d.W), nw = size_t(d.Cout * d.Cin * d.KH * d.KW);
   const size_t ny = size_t(d.N * d.Cout * d.OH * d.OW), nb = size_t(d.Cout);
@@ -124,7 +125,7 @@ void conv_case(const ConvCase& c, Fill fill, bool with_bias, uint64_t seed, Wors
   write(gw_aligned.get(), w);  // cuDNN gets aligned pointers (its kernels may assume them)
   write(gb.get(), b);
   write(gdy.get(), dy);
-  for (cuda::ConvKernel k : conv_kernels()) {
+  for (cuda::ConvKernel k : only ? std::vector<cuda::ConvKernel>{*only} : conv_kernels()) {
     cuda::ConvShape s = cuda::conv_shape(c.N, c.Cin, c.H, c.W, c.Cout, c.K, c.K, c.stride, c.pad, k);
 #ifdef CLIPCU_WITH_CUDNN
     if (k == cuda::ConvKernel::Cudnn) {
@@ -182,6 +183,11 @@ std::vector<ConvCase> conv_cases() {
       {2, 128, 5, 5, 256, 1, 1, 0, "1x1-128-256"},
       {8, 32, 16, 16, 32, 3, 1, 1, "wgrad-split"},
       {2, 7, 13, 11, 3, 5, 2, 2, "5x5-s2"},
+      // the wgmma kernel's paths: 1x1 with H W % 8 == 0 (NCHW read in place; two M tiles, K not a
+      // multiple of the 64-wide stage), a stride-2 3x3 through the NHWC copies (backward-data
+      // skips the pixels the stride does not reach)
+      {3, 128, 4, 6, 136, 1, 1, 0, "1x1-direct"},
+      {2, 16, 9, 9, 24, 3, 2, 1, "3x3-s2"},
   };
   if (small_run()) all.resize(6);
   return all;
@@ -391,7 +397,21 @@ void engine_chain(DType dt, const char* conv_kernel, double tol_f, double tol_g,
 
 }  // namespace
 
-CLIPCU_GPU_TEST("cuda conv2d: simple, tensor-core and cuDNN kernels against the CPU twin, forward and both backwards") {
+CLIPCU_GPU_TEST("cuda conv2d: wgmma smoke test, each path and pass against the CPU") {
+  if (!cuda::conv_wgmma_available(0)) {
+    WARN_MESSAGE(false, "the wgmma convolution is not available here (it needs a Hopper GPU, sm_90a device code "
+                        "and CLIPCU_WGMMA / CLIPCU_CONV_WGMMA not 0): smoke test not run");
+    return;
+  }
+  WorstError wf{"conv2d wgmma smoke forward bf16", 0.0, {}}, wd{"conv2d wgmma smoke backward-data bf16", 0.0, {}};
+  WorstError ww{"conv2d wgmma smoke backward-filter bf16", 0.0, {}};
+  // the NHWC path (3x3, padding) and the direct path (1x1, H W % 8 == 0)
+  conv_case<bf16>({3, 32, 7, 7, 32, 3, 1, 1, "3x3-fast"}, Fill::Random, true, 77, wf, wd, ww, cuda::ConvKernel::Wgmma);
+  conv_case<bf16>({3, 128, 4, 6, 136, 1, 1, 0, "1x1-direct"}, Fill::Random, true, 78, wf, wd, ww,
+                  cuda::ConvKernel::Wgmma);
+}
+
+CLIPCU_GPU_TEST("cuda conv2d: simple, tensor-core, cuDNN and wgmma kernels against the CPU twin, forward and both backwards") {
   WorstError wf32{"conv2d forward f32 (simple, cudnn: 1e-5; tensorcore tf32: 2e-3)", 0.0, {}};
   WorstError wd32{"conv2d backward-data f32 (simple, cudnn: 1e-4; tensorcore: 2e-3)", 0.0, {}};
   WorstError ww32{"conv2d backward-filter f32 (simple, cudnn: 1e-4; tensorcore: 2e-3)", 0.0, {}};
@@ -420,7 +440,9 @@ CLIPCU_GPU_TEST("cuda conv2d: the kernels repeat bit for bit (deterministic spli
   // K = N*OH*OW spans several K tiles, so backward-filter is split (also in the small run)
   const ConvCase c = small_run() ? ConvCase{2, 32, 8, 8, 32, 3, 1, 1, "wgrad-split-small"}
                                  : ConvCase{8, 32, 16, 16, 32, 3, 1, 1, "wgrad-split"};
-  for (cuda::ConvKernel k : {cuda::ConvKernel::Simple, cuda::ConvKernel::TensorCore}) {
+  std::vector<cuda::ConvKernel> kernels = {cuda::ConvKernel::Simple, cuda::ConvKernel::TensorCore};
+  if (cuda::conv_wgmma_available(0)) kernels.push_back(cuda::ConvKernel::Wgmma);
+  for (cuda::ConvKernel k : kernels) {
     const cuda::ConvShape s = cuda::conv_shape(c.N, c.Cin, c.H, c.W, c.Cout, c.K, c.K, c.stride, c.pad, k);
     const size_t nx = size_t(c.N * c.Cin * c.H * c.W), nw = size_t(c.Cout * c.Cin * c.K * c.K);
     const size_t ny = size_t(c.N * c.Cout * s.OH * s.OW);
@@ -475,6 +497,10 @@ CLIPCU_GPU_TEST("cuda engine ops: conv2d, batch_norm2d, avg_pool2d on CUDA tenso
   engine_chain(DType::F32, "tensorcore", kTf32, kTf32, 1, worst);
   engine_chain(DType::BF16, "tensorcore", kBf16, kBf16, 1, worst);
   engine_chain(DType::BF16, "simple", kBf16, kBf16, 2, worst);
+  if (cuda::conv_wgmma_available(0)) {
+    engine_chain(DType::BF16, "wgmma", kBf16, kBf16, 1, worst);  // Cin 5: the TensorCore fallback
+    engine_chain(DType::F32, "wgmma", kTf32, kTf32, 1, worst);   // float: TF32 on TensorCore
+  }
   // the fused BN + ReLU op, in float32 only: at bf16 / TF32 accuracy a few outputs near 0 take the
   // other side of the ReLU than in float64 and their whole gradient flips (the kernel test masks
   // with the GPU's own output instead)
@@ -519,6 +545,197 @@ CLIPCU_GPU_TEST("cuda engine ops: argument checks on CUDA tensors") {
   CHECK_THROWS_WITH_AS(ops::conv2d(x, w, Tensor(), 1, 1),
                        doctest::Contains("CLIPCU_CONV_KERNEL='winograd': expected one of simple"),
                        clipcu::Error);
+}
+
+// ================================================================ the wgmma gathers, on the CPU
+// Each pass of the Hopper convolution (kernels/cuda/conv_wgmma.cu) as the GEMM the kernel
+// computes, every operand element fetched the way its loader fetches it: 16-byte chunks at the
+// offsets of kernels/cuda/conv_gather.h (the same code the device runs), in chunk steps over the
+// whole K range rounded up to the 64-wide stage (chunks past the end must be zeros). The GEMM's
+// other operand and the output use the layouts conv_wgmma.cu documents (weights in (kh, kw, c)
+// order; dW columns (kh, kw, ci)). Compared with the CPU convolution in float64.
+namespace cg = cuda::conv_gather;
+
+struct GatherCase {
+  int64_t N, Cin, H, W, Cout, KH, KW, stride, pad;
+};
+
+// [N][C][HW] -> [N][HW][C]
+std::vector<double> to_nhwc(const std::vector<double>& v, int64_t N, int64_t C, int64_t HW) {
+  std::vector<double> t(v.size());
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t q = 0; q < HW; ++q) t[size_t((n * HW + q) * C + c)] = v[size_t((n * C + c) * HW + q)];
+  return t;
+}
+
+// The 8 values of the chunk at `off` in `src` (zeros for -1).
+std::array<double, 8> chunk_at(const std::vector<double>& src, int64_t off) {
+  std::array<double, 8> r{};
+  if (off < 0) return r;
+  REQUIRE_MESSAGE(off + 8 <= int64_t(src.size()), "chunk at " << off << " past the end " << src.size());
+  for (int e = 0; e < 8; ++e) r[size_t(e)] = src[size_t(off + e)];
+  return r;
+}
+constexpr int64_t kStageK = 64;
+int64_t stage_round(int64_t k) { return (k + kStageK - 1) / kStageK * kStageK; }
+
+void gather_case(const GatherCase& c, bool direct) {
+  const cpu::Conv2dDims d = cpu::conv2d_dims(c.N, c.Cin, c.H, c.W, c.Cout, c.KH, c.KW, c.stride, c.pad);
+  const int64_t KHW = c.KH * c.KW, HW = c.H * c.W, OHW = d.OH * d.OW;
+  Rng rng(uint64_t(c.N * 1000 + c.Cin * 10 + c.KH));
+  const std::vector<double> x = values(size_t(c.N * c.Cin * HW), Fill::Random, rng);
+  const std::vector<double> w = values(size_t(c.Cout * c.Cin * KHW), Fill::Random, rng);
+  const std::vector<double> dy = values(size_t(c.N * c.Cout * OHW), Fill::Random, rng);
+  std::vector<double> y_ref(dy.size()), dx_ref(x.size(), 0.0), dw_ref(w.size(), 0.0);
+  cpu::conv2d_forward<double>(d, x.data(), w.data(), nullptr, y_ref.data(), cpu::ConvVariant::Direct);
+  cpu::conv2d_backward_data<double>(d, dy.data(), w.data(), dx_ref.data(), cpu::ConvVariant::Direct);
+  cpu::conv2d_backward_weight<double>(d, x.data(), dy.data(), dw_ref.data(), nullptr, cpu::ConvVariant::Direct);
+  const std::string label = std::string(direct ? "direct" : "nhwc") + " N" + std::to_string(c.N) + " Cin" +
+                            std::to_string(c.Cin) + " " + std::to_string(c.H) + "x" + std::to_string(c.W) + " Cout" +
+                            std::to_string(c.Cout) + " k" + std::to_string(c.KH) + "x" + std::to_string(c.KW) + " s" +
+                            std::to_string(c.stride) + " p" + std::to_string(c.pad);
+  INFO(label);
+  std::vector<double> y(dy.size()), dx(x.size()), dw(w.size());
+  const int64_t P = c.N * OHW, Pin = c.N * HW;
+  // the NCHW element of GEMM column p (a pixel over all images) of channel row m
+  auto nchw = [](int64_t C, int64_t plane, int64_t m, int64_t p) { return size_t(((p / plane) * C + m) * plane + p % plane); };
+  if (!direct) {
+    const std::vector<double> xt = to_nhwc(x, c.N, c.Cin, HW), dyt = to_nhwc(dy, c.N, c.Cout, OHW);
+    const cg::ImgGeom gf = cg::img_geom(c.Cin, c.H, c.W, d.OH, d.OW, c.KW, c.stride, c.pad);
+    const cg::ImgGeom gd = cg::img_geom(c.Cout, d.OH, d.OW, c.H, c.W, c.KW, c.stride, c.pad);
+    // forward: y[co][p] = sum_k Wt[co][k] B[k][p], Wt[co][(kh kw) Cin + ci] = w[co][ci][kh][kw]
+    const int64_t Kf = KHW * c.Cin;
+    for (int64_t p = 0; p < P; ++p) {
+      const cg::ImgRow row = cg::img_row<false>(gf, p, P);
+      std::vector<double> acc(size_t(c.Cout), 0.0);
+      for (int64_t k0 = 0; k0 < stage_round(Kf); k0 += 8) {
+        const int64_t off = cg::img_offset<false>(gf, row, cg::img_chunk(gf, k0, Kf));
+        if (k0 >= Kf) {
+          REQUIRE_MESSAGE(off == -1, label << ": forward chunk past K at " << k0 << " not zero");
+          continue;
+        }
+        const std::array<double, 8> b = chunk_at(xt, off);
+        for (int e = 0; e < 8; ++e) {
+          const int64_t k = k0 + e, khw = k / c.Cin, ci = k % c.Cin;
+          for (int64_t co = 0; co < c.Cout; ++co) acc[size_t(co)] += w[size_t((co * c.Cin + ci) * KHW + khw)] * b[size_t(e)];
+        }
+      }
+      for (int64_t co = 0; co < c.Cout; ++co) y[nchw(c.Cout, OHW, co, p)] = acc[size_t(co)];
+    }
+    // backward-data: dx[ci][p] = sum_k Wd[ci][k] B[k][p], Wd[ci][(kh kw) Cout + co] = w[co][ci][kh][kw]
+    const int64_t Kd = KHW * c.Cout;
+    for (int64_t p = 0; p < Pin; ++p) {
+      const cg::ImgRow row = cg::img_row<true>(gd, p, Pin);
+      std::vector<double> acc(size_t(c.Cin), 0.0);
+      for (int64_t k0 = 0; k0 < stage_round(Kd); k0 += 8) {
+        const int64_t off = cg::img_offset<true>(gd, row, cg::img_chunk(gd, k0, Kd));
+        if (k0 >= Kd) {
+          REQUIRE_MESSAGE(off == -1, label << ": backward-data chunk past K at " << k0 << " not zero");
+          continue;
+        }
+        const std::array<double, 8> b = chunk_at(dyt, off);
+        for (int e = 0; e < 8; ++e) {
+          const int64_t k = k0 + e, khw = k / c.Cout, co = k % c.Cout;
+          for (int64_t ci = 0; ci < c.Cin; ++ci) acc[size_t(ci)] += w[size_t((co * c.Cin + ci) * KHW + khw)] * b[size_t(e)];
+        }
+      }
+      for (int64_t ci = 0; ci < c.Cin; ++ci) dx[nchw(c.Cin, HW, ci, p)] = acc[size_t(ci)];
+    }
+    // backward-filter: C[co][n] = sum_p dyt[p][co] B[p][n], n = (kh kw) Cin + ci, rows p in steps
+    // of one, past the last pixel zeros; dw[co][ci][khw] = C[co][khw Cin + ci]
+    const int64_t Ng = KHW * c.Cin;
+    for (int64_t n0 = 0; n0 < Ng; n0 += 8) {
+      const cg::ImgChunk ch = cg::img_chunk(gf, n0, Ng);
+      for (int64_t p = 0; p < stage_round(P); ++p) {
+        const int64_t off = cg::img_offset<false>(gf, cg::img_row<false>(gf, p, P), ch);
+        if (p >= P) {
+          REQUIRE_MESSAGE(off == -1, label << ": backward-filter row past the pixels at " << p << " not zero");
+          continue;
+        }
+        const std::array<double, 8> b = chunk_at(xt, off);
+        for (int e = 0; e < 8; ++e) {
+          const int64_t n = n0 + e, khw = n / c.Cin, ci = n % c.Cin;
+          for (int64_t co = 0; co < c.Cout; ++co)
+            dw[size_t((co * c.Cin + ci) * KHW + khw)] += dyt[size_t(p * c.Cout + co)] * b[size_t(e)];
+        }
+      }
+    }
+  } else {
+    const cg::NchwGeom gx = cg::nchw_geom(c.N, c.Cin, HW), gy = cg::nchw_geom(c.N, c.Cout, OHW);
+    REQUIRE(HW % 8 == 0);
+    // GEMM columns (forward, backward-data) or K (backward-filter) in chunks of 8 pixels
+    for (int64_t p0 = 0; p0 < stage_round(P); p0 += 8) {
+      // forward: y[co][p] = sum_ci w[co][ci] x[ci][p], K = Cin rows of the B tile
+      for (int64_t ci = 0; ci < stage_round(c.Cin); ++ci) {
+        const int64_t off = cg::nchw_offset(gx, p0, ci);
+        if (p0 >= P || ci >= c.Cin) {
+          REQUIRE_MESSAGE(off == -1, label << ": x chunk (" << p0 << ", " << ci << ") not zero");
+          continue;
+        }
+        const std::array<double, 8> b = chunk_at(x, off);
+        for (int64_t co = 0; co < c.Cout; ++co)
+          for (int e = 0; e < 8; ++e) y[nchw(c.Cout, OHW, co, p0 + e)] += w[size_t(co * c.Cin + ci)] * b[size_t(e)];
+      }
+      // backward-data: dx[ci][p] = sum_co w[co][ci] dy[co][p]
+      for (int64_t co = 0; co < stage_round(c.Cout); ++co) {
+        const int64_t off = cg::nchw_offset(gy, p0, co);
+        if (p0 >= P || co >= c.Cout) {
+          REQUIRE_MESSAGE(off == -1, label << ": dy chunk (" << p0 << ", " << co << ") not zero");
+          continue;
+        }
+        const std::array<double, 8> b = chunk_at(dy, off);
+        for (int64_t ci = 0; ci < c.Cin; ++ci)
+          for (int e = 0; e < 8; ++e) dx[nchw(c.Cin, HW, ci, p0 + e)] += w[size_t(co * c.Cin + ci)] * b[size_t(e)];
+      }
+      // backward-filter: dw[co][ci] = sum_p dy[co][p] x[ci][p], both K-major rows of channels
+      if (p0 >= P) continue;
+      for (int64_t co = 0; co < c.Cout; ++co) {
+        const std::array<double, 8> a = chunk_at(dy, cg::nchw_offset(gy, p0, co));
+        for (int64_t ci = 0; ci < c.Cin; ++ci) {
+          const std::array<double, 8> b = chunk_at(x, cg::nchw_offset(gx, p0, ci));
+          for (int e = 0; e < 8; ++e) dw[size_t(co * c.Cin + ci)] += a[size_t(e)] * b[size_t(e)];
+        }
+      }
+    }
+  }
+  WorstError worst{"wgmma gathers on the CPU", 0.0, {}};
+  expect_close(y, y_ref, 1e-12, label + " y", worst);
+  expect_close(dx, dx_ref, 1e-12, label + " dx", worst);
+  expect_close(dw, dw_ref, 1e-12, label + " dw", worst);
+}
+
+TEST_CASE("cuda conv host: FastDiv divides exactly (the wgmma gathers' 32-bit division)") {
+  Rng rng(11);
+  std::vector<uint32_t> divisors = {1, 2, 3, 5, 7, 8, 9, 49, 56, 196, 784, 3136, 12544, 50176, 65535, 65536, 100000007u,
+                                    (1u << 30) + 1, (1u << 31) - 1, 1u << 30};
+  for (int i = 0; i < 200; ++i) divisors.push_back(1 + uint32_t(rng.uniform() * double((1u << 31) - 2)));
+  int64_t checked = 0;
+  for (uint32_t d : divisors) {
+    const cg::FastDiv f(d);
+    std::vector<uint32_t> ns = {0, 1, d - 1, d, (1u << 31) - 1, (1u << 31) - 2};
+    for (uint32_t q : {1u, 2u, 7u, 1000u, 65537u})
+      if (uint64_t(q) * d + 1 < (uint64_t(1) << 31)) ns.insert(ns.end(), {q * d - 1, q * d, q * d + 1});
+    for (int i = 0; i < 2000; ++i) ns.push_back(uint32_t(rng.uniform() * double((1u << 31) - 1)));
+    for (uint32_t n : ns) {
+      if (n >= (1u << 31)) continue;
+      ++checked;
+      if (f.div(n) != n / d) FAIL("FastDiv(" << d << ").div(" << n << ") = " << f.div(n) << ", not " << n / d);
+    }
+  }
+  CHECK(checked > 400000);
+}
+
+TEST_CASE("cuda conv host: the wgmma convolution's gathers compute the convolution (all passes, both paths)") {
+  // NHWC: 3x3 stride 1 and 2 with padding, 5x5 s2 p2, kernel = stride, 1x1, channel counts that
+  // are multiples of 8 but not of the 64-wide stage, odd image sizes
+  for (const GatherCase& c : {GatherCase{2, 8, 7, 5, 16, 3, 3, 1, 1}, GatherCase{3, 16, 9, 8, 8, 3, 3, 2, 1},
+                              GatherCase{1, 24, 11, 9, 8, 5, 5, 2, 2}, GatherCase{2, 8, 8, 8, 24, 4, 4, 4, 0},
+                              GatherCase{2, 72, 5, 3, 16, 1, 1, 1, 0}, GatherCase{1, 8, 6, 6, 8, 3, 1, 1, 0}})
+    gather_case(c, false);
+  // direct 1x1: H W % 8 == 0, the pixel count past and at a 64 boundary
+  for (const GatherCase& c : {GatherCase{3, 16, 4, 6, 24, 1, 1, 1, 0}, GatherCase{2, 72, 4, 8, 8, 1, 1, 1, 0}})
+    gather_case(c, true);
 }
 
 TEST_CASE("cuda conv host: shape and argument checks throw clipcu::Error before touching the device") {

@@ -245,6 +245,25 @@ if [ -x "$BUILD/tests/test_cuda_ops" ]; then
   fi
   rm -f "$OUTDIR/.one.log"
 fi
+# the Hopper convolution the same way (CLIPCU_CONV_WGMMA=0 when it fails; also skipped, and
+# hidden, after a failed GEMM smoke test: it runs on the same pipeline)
+if [ -x "$BUILD/tests/test_cuda_conv" ]; then
+  echo "===== test_cuda_conv: wgmma smoke test" >>"$OUTDIR/test_cuda.log"
+  timed 60 "$BUILD/tests/test_cuda_conv" '--test-case=cuda conv2d: wgmma smoke*' >"$OUTDIR/.one.log" 2>&1
+  cat "$OUTDIR/.one.log" >>"$OUTDIR/test_cuda.log"
+  asserts="$(grep -oE '^\[doctest\] assertions: *[0-9]+' "$OUTDIR/.one.log" | grep -oE '[0-9]+$')"
+  if grep -q 'wgmma convolution is not available' "$OUTDIR/.one.log"; then
+    record "conv wgmma smoke test" SKIP "$SECS" "not available on this GPU / build / after the GEMM's smoke test"
+  elif [ "$RC" -eq 0 ] && [ "${asserts:-0}" -eq 0 ]; then
+    record "conv wgmma smoke test" "NOT RUN" "$SECS" "no assertion ran (no GPU answered?)"
+  elif [ "$RC" -eq 0 ]; then
+    record "conv wgmma smoke test" PASS "$SECS" "$(grep -E 'worst rel err' "$OUTDIR/.one.log" | sed -E 's/^.*MESSAGE: //' | head -1)"
+  else
+    export CLIPCU_CONV_WGMMA=0
+    record "conv wgmma smoke test" "$(verdict $RC)" "$SECS" "CLIPCU_CONV_WGMMA=0 for the rest of the run; see test_cuda.log"
+  fi
+  rm -f "$OUTDIR/.one.log"
+fi
 
 # ---------------------------------------------------------------- CUDA tests
 # every tests/test_cuda_* program, in full, one after the other into test_cuda.log

@@ -40,10 +40,14 @@
 // of workspace and, for exact float, is neither FFT nor Winograd), cached per shape, type and
 // pass. Backward passes
 // run with beta = 1 (accumulate).
+//
+// Wgmma: bf16 on Hopper, kernels/cuda/conv_wgmma.cu; the shapes it has no path for, and float
+// storage, run the TensorCore kernel above.
 #include "kernels/cuda/conv.cuh"
 
 #include <algorithm>
 #include <array>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -52,6 +56,8 @@
 
 #include "kernels/cuda/common/check.h"
 #include "kernels/cuda/common/device.cuh"
+#include "kernels/cuda/conv_wgmma.cuh"
+#include "kernels/cuda/gemm.cuh"
 
 namespace clipcu::cuda {
 
@@ -60,6 +66,7 @@ const char* conv_kernel_name(ConvKernel k) {
     case ConvKernel::Simple: return "simple";
     case ConvKernel::TensorCore: return "tensorcore";
     case ConvKernel::Cudnn: return "cudnn";
+    case ConvKernel::Wgmma: return "wgmma";
   }
   return "?";
 }
@@ -70,6 +77,21 @@ bool conv_cudnn_built() {
 #else
   return false;
 #endif
+}
+
+std::vector<ConvKernel> conv_kernels(int device) {
+  std::vector<ConvKernel> ks = {ConvKernel::Simple, ConvKernel::TensorCore};
+  if (conv_cudnn_built()) ks.push_back(ConvKernel::Cudnn);
+  if (conv_wgmma_available(device)) ks.push_back(ConvKernel::Wgmma);
+  return ks;
+}
+
+bool conv_wgmma_available(int device) {
+  static const bool hidden = [] {
+    const char* v = std::getenv("CLIPCU_CONV_WGMMA");
+    return v && std::string(v) == "0";
+  }();
+  return !hidden && gemm_wgmma_available(device);
 }
 
 ConvShape conv_shape(int64_t N, int64_t Cin, int64_t H, int64_t W, int64_t Cout, int64_t KH, int64_t KW,
@@ -855,13 +877,31 @@ void check_common(const ConvShape& s, const ConvArgs<T>& a, Pass pass, const cha
   CLIPCU_CUDA_REQUIRE(s.Cin * s.H * s.W < (int64_t(1) << 31) && s.Cout * s.OH * s.OW < (int64_t(1) << 31),
                       what << ": one image holds 2^31 or more elements");
   size_t need = 0;
-  if (s.kernel == ConvKernel::TensorCore || s.kernel == ConvKernel::Cudnn)
+  if (s.kernel != ConvKernel::Simple)
     need = conv2d_workspace_bytes<T>(s, pass == Pass::Fwd ? ConvPass::Forward
                                         : pass == Pass::Dgrad ? ConvPass::BackwardData
                                                               : ConvPass::BackwardFilter);
   CLIPCU_CUDA_REQUIRE(need == 0 || (a.workspace && a.workspace_bytes >= need),
                       what << ": workspace of " << a.workspace_bytes << " bytes, " << need << " needed");
   CLIPCU_CUDA_REQUIRE(need == 0 || detail::aligned_to(a.workspace, 256), what << ": workspace not 256-byte aligned");
+}
+
+// Wgmma: bf16 products go to conv_wgmma.cu (which needs a device that runs wgmma), float ones
+// to the TensorCore kernel.
+template <class T>
+bool use_wgmma(const ConvShape& s, const char* what) {
+  if (s.kernel != ConvKernel::Wgmma || !std::is_same_v<T, bf16>) return false;
+  int device = 0;
+  CLIPCU_CUDA_CHECK(cudaGetDevice(&device));
+  CLIPCU_CUDA_REQUIRE(conv_wgmma_available(device), what << ": the wgmma kernel needs a Hopper GPU (compute "
+                                                            "capability 9.x), a build with sm_90a code, and "
+                                                            "CLIPCU_WGMMA / CLIPCU_CONV_WGMMA not 0");
+  return true;
+}
+// The bf16 view of the arguments (only called when T is bf16).
+template <class T>
+const ConvArgs<bf16>& to_bf16(const ConvArgs<T>& a) {
+  return reinterpret_cast<const ConvArgs<bf16>&>(a);
 }
 
 }  // namespace
@@ -871,6 +911,12 @@ template <class T>
 size_t conv2d_workspace_bytes(const ConvShape& s, ConvPass pass) {
   switch (s.kernel) {
     case ConvKernel::Simple: return 0;
+    case ConvKernel::Wgmma: {
+      ConvShape t = s;
+      t.kernel = ConvKernel::TensorCore;  // the fallback's needs
+      const size_t fallback = conv2d_workspace_bytes<T>(t, pass);
+      return std::is_same_v<T, bf16> ? std::max(fallback, convwg::workspace_bytes(s, pass)) : fallback;
+    }
     case ConvKernel::TensorCore:
       if (pass == ConvPass::Forward) return s.KH * s.KW > 1 ? align256(size_t(s.Cout * s.Cin * s.KH * s.KW) * sizeof(T)) : 0;
       if (pass == ConvPass::BackwardData) return align256(size_t(s.Cout * s.Cin * s.KH * s.KW) * sizeof(T));
@@ -923,6 +969,7 @@ void conv2d_forward(const ConvShape& s, const ConvArgs<T>& a, cudaStream_t strea
     CLIPCU_CUDA_REQUIRE(false, "conv2d_forward: this build has no cuDNN (ConvKernel::Cudnn)");
 #endif
   }
+  if (use_wgmma<T>(s, "conv2d_forward") && convwg::forward(s, to_bf16(a), stream)) return;
   const GemmDims gd = gemm_dims(s, Pass::Fwd);
   IgemmParams<T> p;
   p.M = gd.M, p.Ng = gd.Ng, p.K = gd.K;
@@ -978,6 +1025,7 @@ void conv2d_backward_data(const ConvShape& s, const ConvArgs<T>& a, cudaStream_t
     CLIPCU_CUDA_REQUIRE(false, "conv2d_backward_data: this build has no cuDNN (ConvKernel::Cudnn)");
 #endif
   }
+  if (use_wgmma<T>(s, "conv2d_backward_data") && convwg::backward_data(s, to_bf16(a), stream)) return;
   const GemmDims gd = gemm_dims(s, Pass::Dgrad);
   IgemmParams<T> p;
   p.M = gd.M, p.Ng = gd.Ng, p.K = gd.K;
@@ -1038,6 +1086,7 @@ void conv2d_backward_filter(const ConvShape& s, const ConvArgs<T>& a, cudaStream
     CLIPCU_CUDA_REQUIRE(false, "conv2d_backward_filter: this build has no cuDNN (ConvKernel::Cudnn)");
 #endif
   }
+  if (use_wgmma<T>(s, "conv2d_backward_filter") && convwg::backward_filter(s, to_bf16(a), stream)) return;
   const GemmDims gd = gemm_dims(s, Pass::Wgrad);
   const Split sp = wgrad_split(s, Cfg<T>::BK);
   IgemmParams<T> p;

@@ -12,6 +12,12 @@
 //               about 1e-3 relative error, not float32 accuracy), NCHW read in place (see conv.cu).
 //   Cudnn:      cuDNN's legacy convolution API (the baseline, and a fallback); float uses TF32
 //               only when allow_tf32 (otherwise FMA math and no FFT / Winograd algorithms).
+//   Wgmma:      Hopper's warpgroup MMA (sm_90a builds on sm_90 GPUs), bf16: implicit GEMM
+//               with 16-byte gathers from NHWC copies of the activations (made inside the call)
+//               or, for 1x1 stride-1 layers with H W % 8 == 0, from the NCHW tensors in place
+//               (see conv_wgmma.cu). Shapes it cannot take (a K-order channel count not a
+//               multiple of 8, as the stem's Cin = 3) and float storage run the TensorCore
+//               kernel.
 //
 // Every launcher validates its arguments (throws clipcu::Error), never allocates, and takes its
 // scratch from ConvArgs::workspace, at least conv2d_workspace_bytes() for that pass.
@@ -20,15 +26,24 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "kernels/cuda/common/types.h"
 
 namespace clipcu::cuda {
 
-enum class ConvKernel { Simple, TensorCore, Cudnn };
+// New values go at the end (the numbering of the existing ones stays).
+enum class ConvKernel { Simple, TensorCore, Cudnn, Wgmma };
 const char* conv_kernel_name(ConvKernel k);
 // True when this build links cuDNN (ConvKernel::Cudnn works).
 bool conv_cudnn_built();
+// Whether ConvKernel::Wgmma runs bf16 on the device: gemm_wgmma_available(device) (a Hopper GPU,
+// sm_90a code, CLIPCU_WGMMA not 0) and CLIPCU_CONV_WGMMA not 0 in the environment (read once;
+// the device check sets it when the convolution's wgmma smoke test fails).
+bool conv_wgmma_available(int device);
+// Every kernel this build can run on the device, in enum order (Wgmma where
+// conv_wgmma_available(device), Cudnn where conv_cudnn_built()).
+std::vector<ConvKernel> conv_kernels(int device = 0);
 
 enum class ConvPass { Forward, BackwardData, BackwardFilter };
 
@@ -61,6 +76,8 @@ struct ConvArgs {
 
 // Scratch one pass needs. TensorCore: the weight in the layout of the GEMM (forward with a
 // kernel larger than 1x1, backward-data always) and the split-K partial sums of backward-filter.
+// Wgmma: the NHWC copies, the reordered weight and the partial sums, or the TensorCore's needs
+// where it falls back (the larger).
 // Cudnn: the chosen algorithm's workspace (choosing it here, cached per shape and type, so this
 // needs the handle). Simple: none.
 template <class T>

@@ -1,0 +1,514 @@
+// The Hopper implicit-GEMM convolution (ConvKernel::Wgmma, bf16 on sm_90a): every pass is one
+// GEMM on the wgmma pipeline of kernels/cuda/common/wgmma.cuh (128 x 128 block tiles, two
+// warpgroups, 6 cp.async stages, swizzled shared tiles read by the tensor cores directly), with
+// operand loaders that gather 16-byte chunks straight from the activations
+// (kernels/cuda/conv_gather.h: the index math, checked on the CPU by tests/test_cuda_conv.cpp).
+//
+//   pass             M      N             K            A (tile)                  B (tile)
+//   forward          Cout   N OH OW       KH KW Cin    W [Cout][KH KW Cin] (K)   x gathered (K)
+//   backward-data    Cin    N H W         KH KW Cout   W [Cin][KH KW Cout] (K)   dy gathered (K)
+//   backward-filter  Cout   KH KW Cin     N OH OW      dy (MN)                   x gathered (MN)
+//
+// Nhwc path (any kernel, stride and padding; the K order's channel counts multiples of 8): the
+// activations a pass gathers are first copied to NHWC (x for forward and backward-filter, dy for
+// backward-data and backward-filter) so that a chunk is 8 channels of one pixel at one kernel
+// offset, zero outside the image (and, for backward-data with stride > 1, where the stride does
+// not divide). The weights are copied to the (kh, kw, c) order of K. All copies are one batched
+// transpose kernel, in the caller's workspace and inside the pass's time.
+// Direct path (1x1, stride 1, no padding, H W % 8 == 0, 16-byte aligned tensors, Cin and Cout
+// multiples of 8): the products are plain GEMMs over NCHW, no copies: forward A = W [Cout][Cin]
+// and B = x as [Cin][pixels] (MN-major chunks of 8 pixels), backward-data A = W^T (MN-major)
+// and B = dy the same way, backward-filter A = dy and B = x as [channels][pixels] (K-major).
+//
+// Forward and backward-data write NCHW straight from the epilogue (rows are channels, columns
+// consecutive pixels: 4 per lane, one 8-byte access when H W % 4 == 0), with the bias (forward)
+// or adding to dx (backward-data). Backward-filter cuts K into splits (a count that depends on
+// the shape only) whose float partial sums a second kernel adds in split order into dw, in
+// dw's [Cout][Cin][KH][KW] order (deterministic, no atomics).
+#include "kernels/cuda/conv_wgmma.cuh"
+
+#include <algorithm>
+#include <cstdint>
+
+#include "kernels/cuda/common/check.h"
+#include "kernels/cuda/common/device.cuh"
+#include "kernels/cuda/common/wgmma.cuh"
+#include "kernels/cuda/conv_gather.h"
+
+namespace clipcu::cuda::convwg {
+
+namespace {
+
+using namespace conv_gather;
+using tc::BK;
+using tc::BM;
+using tc::kThreads;
+constexpr int BN = 128;
+using G = tc::Geo<BN>;
+// backward-filter split-K: about two waves of a 132-SM GPU (a constant, not the device's SM
+// count, so that the partial sums and their order do not depend on the machine)
+constexpr int64_t kSplitTargetBlocks = 264;
+constexpr size_t kMaxPartialBytes = size_t(256) << 20;
+
+size_t align256(size_t b) { return (b + 255) / 256 * 256; }
+
+// ---------------------------------------------------------------- operand loaders
+// One GEMM operand: a dense row-major matrix or an activation gathered as conv_gather.h says.
+struct Operand {
+  const bf16* ptr = nullptr;
+  int64_t mn = 0;  // its extent along M (A) or N (B)
+  int64_t k = 0;   // its extent along K
+  ImgGeom img;     // Img loaders
+  NchwGeom nchw;   // Nchw loaders
+};
+
+#if CLIPCU_HAS_WGMMA  // the loaders exist in sm_90a device code only (the kernel's body)
+// Thread roles in a stage tile (256 threads). K-major tiles (128 rows along M or N, 64 k): chunk
+// column ct = tid % 8, rows rt + 32 i. MN-major tiles (64 rows along k, 128 along M or N): chunk
+// column ct = tid % 16, rows rt + 16 i. Consecutive threads: consecutive chunks of a row.
+constexpr int kRowsPer = 4;
+__device__ __forceinline__ int kmaj_ct() { return int(threadIdx.x) % 8; }
+__device__ __forceinline__ int kmaj_rt() { return int(threadIdx.x) / 8; }
+__device__ __forceinline__ int mnmaj_ct() { return int(threadIdx.x) % 16; }
+__device__ __forceinline__ int mnmaj_rt() { return int(threadIdx.x) / 16; }
+
+__device__ __forceinline__ void copy_chunk(bf16* dst, const bf16* base, int64_t off) {
+  tc::cp_async16(dst, off >= 0 ? base + off : base, off >= 0 ? 16 : 0);
+}
+
+// A row-major [mn][k] matrix (K-major tile): the weights of forward and backward-data.
+struct DenseK {
+  static constexpr bool kMn = false;
+  const Operand* o;
+  int64_t mn0;
+  __device__ void init(const Operand& op, int64_t m0) { o = &op, mn0 = m0; }
+  __device__ void load(bf16* s, int64_t k0) const {
+    tc::load_stage_tile<tc::KMajorTile, 128, BK / 8>(s, o->ptr, o->mn, o->k, mn0, k0);
+  }
+};
+// A row-major [k][mn] matrix (MN-major tile): dy in NHWC for backward-filter, W^T of the 1x1
+// backward-data.
+struct DenseMn {
+  static constexpr bool kMn = true;
+  const Operand* o;
+  int64_t mn0;
+  __device__ void init(const Operand& op, int64_t m0) { o = &op, mn0 = m0; }
+  __device__ void load(bf16* s, int64_t k0) const {
+    tc::load_stage_tile<tc::MnMajorTile, BK, 128 / 8>(s, o->ptr, o->k, o->mn, k0, mn0);
+  }
+};
+// Rows are pixels, K the (kh, kw, c) order of an NHWC tensor (K-major): B of forward and
+// backward-data. A thread's 4 pixel rows are fixed for the block.
+template <bool kDgrad>
+struct ImgK {
+  static constexpr bool kMn = false;
+  const Operand* o;
+  ImgRow rows[kRowsPer];
+  __device__ void init(const Operand& op, int64_t mn0) {
+    o = &op;
+#pragma unroll
+    for (int i = 0; i < kRowsPer; ++i) rows[i] = img_row<kDgrad>(op.img, mn0 + kmaj_rt() + 32 * i, op.mn);
+  }
+  __device__ void load(bf16* s, int64_t k0) const {
+    const int ct = kmaj_ct();
+    const ImgChunk ch = img_chunk(o->img, k0 + 8 * ct, o->k);
+#pragma unroll
+    for (int i = 0; i < kRowsPer; ++i)
+      copy_chunk(s + tc::KMajorTile::offset(kmaj_rt() + 32 * i, 8 * ct), o->ptr, img_offset<kDgrad>(o->img, rows[i], ch));
+  }
+};
+// Rows (K) are output pixels, columns (N) the (kh, kw, c) order of NHWC x (MN-major): B of
+// backward-filter. A thread's chunk of the (kh, kw, c) order is fixed for the block.
+struct ImgMn {
+  static constexpr bool kMn = true;
+  const Operand* o;
+  ImgChunk ch;
+  __device__ void init(const Operand& op, int64_t mn0) {
+    o = &op;
+    ch = img_chunk(op.img, mn0 + 8 * mnmaj_ct(), op.mn);
+  }
+  __device__ void load(bf16* s, int64_t k0) const {
+#pragma unroll
+    for (int i = 0; i < kRowsPer; ++i) {
+      const int r = mnmaj_rt() + 16 * i;
+      const ImgRow row = img_row<false>(o->img, k0 + r, o->k);
+      copy_chunk(s + tc::MnMajorTile::offset(r, 8 * mnmaj_ct()), o->ptr, img_offset<false>(o->img, row, ch));
+    }
+  }
+};
+// Rows (K) are channels, columns (M or N) pixels of an NCHW tensor (MN-major): B of the 1x1
+// forward and backward-data.
+struct NchwMn {
+  static constexpr bool kMn = true;
+  const Operand* o;
+  int64_t p0;
+  __device__ void init(const Operand& op, int64_t mn0) { o = &op, p0 = mn0 + 8 * mnmaj_ct(); }
+  __device__ void load(bf16* s, int64_t k0) const {
+#pragma unroll
+    for (int i = 0; i < kRowsPer; ++i) {
+      const int r = mnmaj_rt() + 16 * i;
+      copy_chunk(s + tc::MnMajorTile::offset(r, 8 * mnmaj_ct()), o->ptr, nchw_offset(o->nchw, p0, k0 + r));
+    }
+  }
+};
+// Rows (M or N) are channels, K pixels of an NCHW tensor (K-major): A and B of the 1x1
+// backward-filter.
+struct NchwK {
+  static constexpr bool kMn = false;
+  const Operand* o;
+  int64_t c0;
+  __device__ void init(const Operand& op, int64_t mn0) { o = &op, c0 = mn0 + kmaj_rt(); }
+  __device__ void load(bf16* s, int64_t k0) const {
+    const int64_t p0 = k0 + 8 * kmaj_ct();
+#pragma unroll
+    for (int i = 0; i < kRowsPer; ++i)
+      copy_chunk(s + tc::KMajorTile::offset(kmaj_rt() + 32 * i, 8 * kmaj_ct()), o->ptr,
+                 nchw_offset(o->nchw, p0, c0 + 32 * i));
+  }
+};
+#else
+struct DenseK;
+struct DenseMn;
+template <bool kDgrad>
+struct ImgK;
+struct ImgMn;
+struct NchwMn;
+struct NchwK;
+#endif
+
+// ---------------------------------------------------------------- the kernel
+enum class Out { Store, Add, Partial };
+struct Params {
+  Operand a, b;
+  int64_t M = 0, Ng = 0, K = 0;
+  int64_t tiles_m = 0;
+  int64_t k_chunk = 0;  // K per split, a multiple of BK (all of K without splits)
+  Out out_mode = Out::Store;
+  bf16* out = nullptr;          // Store / Add: NCHW [N][M][plane]
+  const bf16* bias = nullptr;   // Store: [M] or nullptr
+  float* partial = nullptr;     // Partial: [splits][M][Ng]
+  FastDiv plane;                // Store / Add: the output grid's pixels per image
+  bool out_vec = false;         // Store / Add: plane % 4 == 0 and out 8-byte aligned
+};
+
+// grid: (tiles_m * tiles_n, splits); block: 256 threads; dynamic shared memory G::kSmemBytes.
+// The parameters are __grid_constant__: the loaders keep pointers to their operands in it.
+// Tiles walk M fastest: the blocks resident at one time share their B columns (activations) and
+// read the small weight matrix from L2.
+template <class AL, class BL>
+__global__ void __launch_bounds__(kThreads, 1) conv_wgmma_kernel(const __grid_constant__ Params p) {
+#if CLIPCU_HAS_WGMMA
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  const tc::Stages<BN> sm = tc::stages<BN>(smem_raw);
+  const int64_t t = blockIdx.x;
+  const int64_t m0 = (t % p.tiles_m) * BM, n0 = (t / p.tiles_m) * BN;
+  const int64_t k_begin = int64_t(blockIdx.y) * p.k_chunk, k_end = min(p.K, k_begin + p.k_chunk);
+  const int64_t KT = k_end > k_begin ? (k_end - k_begin + BK - 1) / BK : 0;
+  AL a;
+  BL b;
+  a.init(p.a, m0);
+  b.init(p.b, n0);
+  auto load_stage = [&](int stage, int64_t kt) {
+    const int64_t k0 = k_begin + kt * BK;
+    a.load(sm.as + stage * G::kAElems, k0);
+    b.load(sm.bs + stage * G::kBElems, k0);
+  };
+  float acc[G::kInsts][64];
+#pragma unroll
+  for (int e = 0; e < 64; ++e) acc[0][e] = 0.f;
+  tc::mainloop<BN, AL::kMn, BL::kMn>(acc, sm, KT, load_stage);
+
+  auto store = [&](int r, int c, const float (&v)[4]) {
+    const int64_t m = m0 + r, n = n0 + c;
+    if (m >= p.M || n >= p.Ng) return;
+    if (p.out_mode == Out::Partial) {
+      float* dst = p.partial + (int64_t(blockIdx.y) * p.M + m) * p.Ng + n;
+      if (p.out_vec) {
+        *reinterpret_cast<float4*>(dst) = make_float4(v[0], v[1], v[2], v[3]);
+      } else {
+        for (int e = 0; e < 4 && n + e < p.Ng; ++e) dst[e] = v[e];
+      }
+      return;
+    }
+    const float bias = p.bias ? to_float(p.bias[m]) : 0.f;
+    const bool add = p.out_mode == Out::Add;
+    if (p.out_vec) {  // the 4 pixels are in one image: plane % 4 == 0 and n % 4 == 0
+      const uint32_t img = p.plane.div(uint32_t(n));
+      bf16* dst = p.out + (int64_t(img) * p.M + m) * p.plane.d + (uint32_t(n) - img * p.plane.d);
+      float x[4] = {0.f, 0.f, 0.f, 0.f};
+      if (add) load_vec<4>(dst, x);
+      const float y[4] = {x[0] + v[0] + bias, x[1] + v[1] + bias, x[2] + v[2] + bias, x[3] + v[3] + bias};
+      store_vec<4>(dst, y);
+    } else {
+      for (int e = 0; e < 4 && n + e < p.Ng; ++e) {
+        const uint32_t img = p.plane.div(uint32_t(n + e));
+        bf16* dst = p.out + (int64_t(img) * p.M + m) * p.plane.d + (uint32_t(n + e) - img * p.plane.d);
+        *dst = from_float<bf16>((add ? to_float(*dst) : 0.f) + v[e] + bias);
+      }
+    }
+  };
+  tc::epilogue<BN>(acc, sm.base, store);
+#else
+  (void)p;
+  __trap();  // never launched: conv.cu checks gemm_wgmma_available first
+#endif
+}
+
+template <class AL, class BL>
+void launch(const Params& p, int64_t splits, cudaStream_t stream) {
+  const int64_t tiles = p.tiles_m * ((p.Ng + BN - 1) / BN);
+  CLIPCU_CUDA_REQUIRE(tiles <= INT32_MAX && splits <= 65535, "conv2d (wgmma): " << tiles << " tiles x " << splits
+                                                                                << " splits is too large a grid");
+  auto kernel = conv_wgmma_kernel<AL, BL>;
+  CLIPCU_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(G::kSmemBytes)));
+  kernel<<<dim3(unsigned(tiles), unsigned(splits)), kThreads, G::kSmemBytes, stream>>>(p);
+  CLIPCU_CUDA_CHECK_LAUNCH("conv_wgmma_kernel");
+}
+
+// ---------------------------------------------------------------- copies and the dw reduction
+// out[b][s][r] = in[b][r][s] (a batch of R x S transposes through 32 x 32 shared tiles):
+// NCHW -> NHWC (b = image, r = channel, s = pixel) and the weight reorders.
+// grid: (ceil(S / 32), ceil(R / 32), B) with B <= 65535; block: (32, 8).
+__global__ void __launch_bounds__(256) transpose_kernel(int64_t R, int64_t S, const bf16* in, bf16* out) {
+  __shared__ bf16 tile[32][33];
+  const int64_t b = blockIdx.z, r0 = int64_t(blockIdx.y) * 32, s0 = int64_t(blockIdx.x) * 32;
+  const bf16* src = in + b * R * S;
+  bf16* dst = out + b * R * S;
+  for (int i = int(threadIdx.y); i < 32; i += 8) {
+    const int64_t r = r0 + i, s = s0 + threadIdx.x;
+    if (r < R && s < S) tile[i][threadIdx.x] = src[r * S + s];
+  }
+  __syncthreads();
+  for (int i = int(threadIdx.y); i < 32; i += 8) {
+    const int64_t s = s0 + i, r = r0 + threadIdx.x;
+    if (r < R && s < S) dst[s * R + r] = tile[threadIdx.x][i];
+  }
+}
+
+void transpose(int64_t B, int64_t R, int64_t S, const bf16* in, bf16* out, cudaStream_t stream) {
+  if (B * R * S == 0) return;
+  const int64_t gs = (S + 31) / 32, gr = (R + 31) / 32;
+  CLIPCU_CUDA_REQUIRE(B <= 65535 && gr <= 65535 && gs <= INT32_MAX,
+                      "conv2d (wgmma): transpose of " << B << " x " << R << " x " << S << " too large");
+  transpose_kernel<<<dim3(unsigned(gs), unsigned(gr), unsigned(B)), dim3(32, 8), 0, stream>>>(R, S, in, out);
+  CLIPCU_CUDA_CHECK_LAUNCH("transpose_kernel");
+}
+
+// dw[co][ci][khw] += sum over z (in order) of partial[z][co][khw * Cin + ci].
+__global__ void wgrad_reduce_kernel(int64_t Cout, int64_t Cin, int64_t KHW, int64_t splits, const float* partial,
+                                    bf16* dw) {
+  const int64_t total = Cout * Cin * KHW, Ng = Cin * KHW;
+  for (int64_t o = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; o < total; o += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t co = o / Ng, r = o - co * Ng, ci = r / KHW, khw = r - ci * KHW;
+    const float* src = partial + co * Ng + khw * Cin + ci;
+    float sum = 0.f;
+    for (int64_t z = 0; z < splits; ++z) sum += src[z * Cout * Ng];
+    accumulate(dw + o, sum);
+  }
+}
+
+// ---------------------------------------------------------------- planning
+constexpr int64_t k31 = int64_t(1) << 31;
+
+bool nhwc_shape_ok(const ConvShape& s, ConvPass pass) {
+  const int64_t xs = s.N * s.H * s.W * s.Cin, ys = s.N * s.OH * s.OW * s.Cout, ws = s.Cout * s.Cin * s.KH * s.KW;
+  if (xs >= k31 || ys >= k31 || ws >= k31 || s.N > 65535) return false;  // 32-bit pixel math, transpose grid
+  switch (pass) {
+    case ConvPass::Forward: return s.Cin % 8 == 0;
+    case ConvPass::BackwardData: return s.Cout % 8 == 0;
+    case ConvPass::BackwardFilter: return s.Cin % 8 == 0 && s.Cout % 8 == 0;
+  }
+  return false;
+}
+bool direct_shape_ok(const ConvShape& s) {
+  return s.KH == 1 && s.KW == 1 && s.stride == 1 && s.padding == 0 && (s.H * s.W) % 8 == 0 && s.Cin % 8 == 0 &&
+         s.Cout % 8 == 0 && s.N * s.H * s.W < k31;
+}
+
+// The GEMM of a pass: M, N and K.
+struct Dims {
+  int64_t M, Ng, K;
+};
+Dims dims(const ConvShape& s, ConvPass pass) {
+  switch (pass) {
+    case ConvPass::Forward: return {s.Cout, s.N * s.OH * s.OW, s.KH * s.KW * s.Cin};
+    case ConvPass::BackwardData: return {s.Cin, s.N * s.H * s.W, s.KH * s.KW * s.Cout};
+    case ConvPass::BackwardFilter: break;
+  }
+  return {s.Cout, s.KH * s.KW * s.Cin, s.N * s.OH * s.OW};
+}
+
+// Backward-filter: K per split (a multiple of BK) and the split count.
+struct Split {
+  int64_t k_chunk = 0, splits = 1;
+};
+Split wgrad_split(const ConvShape& s) {
+  const Dims d = dims(s, ConvPass::BackwardFilter);
+  const int64_t tiles = ((d.M + BM - 1) / BM) * ((d.Ng + BN - 1) / BN);
+  const int64_t k_steps = std::max<int64_t>((d.K + BK - 1) / BK, 1);
+  int64_t want = std::min((kSplitTargetBlocks + tiles - 1) / tiles, k_steps);
+  const int64_t slice = d.M * d.Ng * int64_t(sizeof(float));
+  want = std::max<int64_t>(1, std::min<int64_t>(want, int64_t(kMaxPartialBytes) / std::max<int64_t>(slice, 1)));
+  Split r;
+  const int64_t steps = (k_steps + want - 1) / want;
+  r.k_chunk = steps * BK;
+  r.splits = (k_steps + steps - 1) / steps;
+  return r;
+}
+size_t partial_bytes(const ConvShape& s) {
+  const Dims d = dims(s, ConvPass::BackwardFilter);
+  return align256(size_t(wgrad_split(s).splits) * size_t(d.M * d.Ng) * sizeof(float));
+}
+
+// Workspace carving: consecutive 256-byte aligned pieces.
+struct Carve {
+  unsigned char* p;
+  template <class T>
+  T* take(size_t elems) {
+    T* r = reinterpret_cast<T*>(p);
+    p += align256(elems * sizeof(T));
+    return r;
+  }
+};
+
+// forward and backward-filter gather x by the output grid; backward-data gathers dy by the input's
+ImgGeom img_geom(const ConvShape& s, bool dgrad) {
+  return dgrad ? conv_gather::img_geom(s.Cout, s.OH, s.OW, s.H, s.W, s.KW, s.stride, s.padding)
+               : conv_gather::img_geom(s.Cin, s.H, s.W, s.OH, s.OW, s.KW, s.stride, s.padding);
+}
+Operand dense(const bf16* ptr, int64_t mn, int64_t k) {
+  Operand o;
+  o.ptr = ptr, o.mn = mn, o.k = k;
+  return o;
+}
+
+// Forward and backward-data: the NCHW output of the epilogue.
+void set_nchw_out(Params& p, bf16* out, int64_t plane, Out mode) {
+  p.out_mode = mode, p.out = out, p.plane = FastDiv(uint32_t(plane));
+  p.out_vec = plane % 4 == 0 && detail::aligned_to(out, 8);
+}
+
+}  // namespace
+
+const char* path_name(Path p) {
+  switch (p) {
+    case Path::None: return "none";
+    case Path::Nhwc: return "nhwc";
+    case Path::Direct: return "direct";
+  }
+  return "?";
+}
+
+Path path_of(const ConvShape& s, ConvPass pass, bool aligned) {
+  if (s.N <= 0) return Path::None;
+  if (aligned && direct_shape_ok(s)) return Path::Direct;
+  return nhwc_shape_ok(s, pass) ? Path::Nhwc : Path::None;
+}
+
+size_t workspace_bytes(const ConvShape& s, ConvPass pass) {
+  size_t direct = 0, nhwc = 0;
+  if (direct_shape_ok(s) && pass == ConvPass::BackwardFilter) direct = partial_bytes(s);
+  if (nhwc_shape_ok(s, pass)) {
+    const size_t xs = align256(size_t(s.N * s.H * s.W * s.Cin) * 2), ys = align256(size_t(s.N * s.OH * s.OW * s.Cout) * 2);
+    const size_t ws = align256(size_t(s.Cout * s.Cin * s.KH * s.KW) * 2);
+    switch (pass) {
+      case ConvPass::Forward: nhwc = ws + xs; break;
+      case ConvPass::BackwardData: nhwc = ws + ys; break;
+      case ConvPass::BackwardFilter: nhwc = xs + ys + partial_bytes(s); break;
+    }
+  }
+  return std::max(direct, nhwc);
+}
+
+bool forward(const ConvShape& s, const ConvArgs<bf16>& a, cudaStream_t stream) {
+  const bool aligned = detail::aligned_to(a.x, 16) && detail::aligned_to(a.w, 16);
+  const Path path = path_of(s, ConvPass::Forward, aligned);
+  if (path == Path::None) return false;
+  const Dims d = dims(s, ConvPass::Forward);
+  Params p;
+  p.M = d.M, p.Ng = d.Ng, p.K = d.K, p.tiles_m = (d.M + BM - 1) / BM, p.k_chunk = (d.K + BK - 1) / BK * BK;
+  p.bias = a.bias;
+  set_nchw_out(p, a.y, s.OH * s.OW, Out::Store);
+  if (path == Path::Direct) {
+    p.a = dense(a.w, d.M, d.K);
+    p.b = dense(a.x, d.Ng, d.K);
+    p.b.nchw = nchw_geom(s.N, s.Cin, s.H * s.W);
+    launch<DenseK, NchwMn>(p, 1, stream);
+    return true;
+  }
+  Carve ws{static_cast<unsigned char*>(a.workspace)};
+  bf16* wt = ws.take<bf16>(size_t(d.M * d.K));
+  bf16* xt = ws.take<bf16>(size_t(s.N * s.H * s.W * s.Cin));
+  transpose(s.Cout, s.Cin, s.KH * s.KW, a.w, wt, stream);  // [Cout][Cin][KHW] -> [Cout][KHW][Cin]
+  transpose(s.N, s.Cin, s.H * s.W, a.x, xt, stream);       // NCHW -> NHWC
+  p.a = dense(wt, d.M, d.K);
+  p.b = dense(xt, d.Ng, d.K);
+  p.b.img = img_geom(s, false);
+  launch<DenseK, ImgK<false>>(p, 1, stream);
+  return true;
+}
+
+bool backward_data(const ConvShape& s, const ConvArgs<bf16>& a, cudaStream_t stream) {
+  const bool aligned = detail::aligned_to(a.dy, 16) && detail::aligned_to(a.w, 16);
+  const Path path = path_of(s, ConvPass::BackwardData, aligned);
+  if (path == Path::None) return false;
+  const Dims d = dims(s, ConvPass::BackwardData);
+  Params p;
+  p.M = d.M, p.Ng = d.Ng, p.K = d.K, p.tiles_m = (d.M + BM - 1) / BM, p.k_chunk = (d.K + BK - 1) / BK * BK;
+  set_nchw_out(p, a.dx, s.H * s.W, Out::Add);
+  if (path == Path::Direct) {
+    p.a = dense(a.w, d.M, d.K);  // W [Cout][Cin] = A^T: [K][M], MN-major
+    p.b = dense(a.dy, d.Ng, d.K);
+    p.b.nchw = nchw_geom(s.N, s.Cout, s.OH * s.OW);
+    launch<DenseMn, NchwMn>(p, 1, stream);
+    return true;
+  }
+  Carve ws{static_cast<unsigned char*>(a.workspace)};
+  bf16* wd = ws.take<bf16>(size_t(d.M * d.K));
+  bf16* dyt = ws.take<bf16>(size_t(s.N * s.OH * s.OW * s.Cout));
+  transpose(1, s.Cout, s.Cin * s.KH * s.KW, a.w, wd, stream);  // -> [Cin][KHW][Cout]
+  transpose(s.N, s.Cout, s.OH * s.OW, a.dy, dyt, stream);       // NCHW -> NHWC
+  p.a = dense(wd, d.M, d.K);
+  p.b = dense(dyt, d.Ng, d.K);
+  p.b.img = img_geom(s, true);
+  launch<DenseK, ImgK<true>>(p, 1, stream);
+  return true;
+}
+
+bool backward_filter(const ConvShape& s, const ConvArgs<bf16>& a, cudaStream_t stream) {
+  const bool aligned = detail::aligned_to(a.x, 16) && detail::aligned_to(a.dy, 16);
+  const Path path = path_of(s, ConvPass::BackwardFilter, aligned);
+  if (path == Path::None) return false;
+  const Dims d = dims(s, ConvPass::BackwardFilter);
+  const Split sp = wgrad_split(s);
+  Params p;
+  p.M = d.M, p.Ng = d.Ng, p.K = d.K, p.tiles_m = (d.M + BM - 1) / BM, p.k_chunk = sp.k_chunk;
+  p.out_mode = Out::Partial;
+  p.out_vec = d.Ng % 4 == 0;  // the partial sums start 256-byte aligned
+  Carve ws{static_cast<unsigned char*>(a.workspace)};
+  if (path == Path::Direct) {
+    p.partial = ws.take<float>(size_t(sp.splits * d.M * d.Ng));
+    p.a = dense(a.dy, d.M, d.K);
+    p.a.nchw = nchw_geom(s.N, s.Cout, s.OH * s.OW);
+    p.b = dense(a.x, d.Ng, d.K);
+    p.b.nchw = nchw_geom(s.N, s.Cin, s.H * s.W);
+    launch<NchwK, NchwK>(p, sp.splits, stream);
+  } else {
+    bf16* xt = ws.take<bf16>(size_t(s.N * s.H * s.W * s.Cin));
+    bf16* dyt = ws.take<bf16>(size_t(s.N * s.OH * s.OW * s.Cout));
+    p.partial = ws.take<float>(size_t(sp.splits * d.M * d.Ng));
+    transpose(s.N, s.Cin, s.H * s.W, a.x, xt, stream);
+    transpose(s.N, s.Cout, s.OH * s.OW, a.dy, dyt, stream);
+    p.a = dense(dyt, d.M, d.K);  // [pixels][Cout] = [K][M], MN-major
+    p.b = dense(xt, d.Ng, d.K);
+    p.b.img = img_geom(s, false);
+    launch<DenseMn, ImgMn>(p, sp.splits, stream);
+  }
+  const int64_t total = d.M * d.Ng;
+  const int64_t blocks = std::min<int64_t>((total + 255) / 256, 65536);
+  wgrad_reduce_kernel<<<unsigned(blocks), 256, 0, stream>>>(s.Cout, s.Cin, s.KH * s.KW, sp.splits, p.partial, a.dw);
+  CLIPCU_CUDA_CHECK_LAUNCH("wgrad_reduce_kernel");
+  return true;
+}
+
+}  // namespace clipcu::cuda::convwg
