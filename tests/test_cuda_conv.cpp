@@ -405,8 +405,10 @@ CLIPCU_GPU_TEST("cuda conv2d: wgmma smoke test, each path and pass against the C
   }
   WorstError wf{"conv2d wgmma smoke forward bf16", 0.0, {}}, wd{"conv2d wgmma smoke backward-data bf16", 0.0, {}};
   WorstError ww{"conv2d wgmma smoke backward-filter bf16", 0.0, {}};
-  // the NHWC path (3x3, padding) and the direct path (1x1, H W % 8 == 0)
+  // the NHWC path (3x3, padding; the stem's 3 and 5 channels padded to 8) and the direct path
+  // (1x1, H W % 8 == 0)
   conv_case<bf16>({3, 32, 7, 7, 32, 3, 1, 1, "3x3-fast"}, Fill::Random, true, 77, wf, wd, ww, cuda::ConvKernel::Wgmma);
+  conv_case<bf16>({2, 3, 11, 9, 5, 3, 2, 1, "stem-s2"}, Fill::Random, true, 79, wf, wd, ww, cuda::ConvKernel::Wgmma);
   conv_case<bf16>({3, 128, 4, 6, 136, 1, 1, 0, "1x1-direct"}, Fill::Random, true, 78, wf, wd, ww,
                   cuda::ConvKernel::Wgmma);
 }
@@ -560,14 +562,15 @@ struct GatherCase {
   int64_t N, Cin, H, W, Cout, KH, KW, stride, pad;
 };
 
-// [N][C][HW] -> [N][HW][C]
-std::vector<double> to_nhwc(const std::vector<double>& v, int64_t N, int64_t C, int64_t HW) {
-  std::vector<double> t(v.size());
+// [N][C][HW] -> [N][HW][Cp], channels C .. Cp - 1 zero
+std::vector<double> to_nhwc(const std::vector<double>& v, int64_t N, int64_t C, int64_t HW, int64_t Cp) {
+  std::vector<double> t(size_t(N * HW * Cp), 0.0);
   for (int64_t n = 0; n < N; ++n)
     for (int64_t c = 0; c < C; ++c)
-      for (int64_t q = 0; q < HW; ++q) t[size_t((n * HW + q) * C + c)] = v[size_t((n * C + c) * HW + q)];
+      for (int64_t q = 0; q < HW; ++q) t[size_t((n * HW + q) * Cp + c)] = v[size_t((n * C + c) * HW + q)];
   return t;
 }
+int64_t pad8(int64_t c) { return (c + 7) / 8 * 8; }
 
 // The 8 values of the chunk at `off` in `src` (zeros for -1).
 std::array<double, 8> chunk_at(const std::vector<double>& src, int64_t off) {
@@ -601,11 +604,14 @@ void gather_case(const GatherCase& c, bool direct) {
   // the NCHW element of GEMM column p (a pixel over all images) of channel row m
   auto nchw = [](int64_t C, int64_t plane, int64_t m, int64_t p) { return size_t(((p / plane) * C + m) * plane + p % plane); };
   if (!direct) {
-    const std::vector<double> xt = to_nhwc(x, c.N, c.Cin, HW), dyt = to_nhwc(dy, c.N, c.Cout, OHW);
-    const cg::ImgGeom gf = cg::img_geom(c.Cin, c.H, c.W, d.OH, d.OW, c.KW, c.stride, c.pad);
-    const cg::ImgGeom gd = cg::img_geom(c.Cout, d.OH, d.OW, c.H, c.W, c.KW, c.stride, c.pad);
-    // forward: y[co][p] = sum_k Wt[co][k] B[k][p], Wt[co][(kh kw) Cin + ci] = w[co][ci][kh][kw]
-    const int64_t Kf = KHW * c.Cin;
+    // the NHWC copies and the K order pad the channels to multiples of 8 (zeros)
+    const int64_t Cinp = pad8(c.Cin), Coutp = pad8(c.Cout);
+    const std::vector<double> xt = to_nhwc(x, c.N, c.Cin, HW, Cinp), dyt = to_nhwc(dy, c.N, c.Cout, OHW, Coutp);
+    const cg::ImgGeom gf = cg::img_geom(Cinp, c.H, c.W, d.OH, d.OW, c.KW, c.stride, c.pad);
+    const cg::ImgGeom gd = cg::img_geom(Coutp, d.OH, d.OW, c.H, c.W, c.KW, c.stride, c.pad);
+    // forward: y[co][p] = sum_k Wt[co][k] B[k][p], Wt[co][(kh kw) Cinp + ci] = w[co][ci][kh][kw]
+    // (0 for ci >= Cin)
+    const int64_t Kf = KHW * Cinp;
     for (int64_t p = 0; p < P; ++p) {
       const cg::ImgRow row = cg::img_row<false>(gf, p, P);
       std::vector<double> acc(size_t(c.Cout), 0.0);
@@ -617,14 +623,18 @@ void gather_case(const GatherCase& c, bool direct) {
         }
         const std::array<double, 8> b = chunk_at(xt, off);
         for (int e = 0; e < 8; ++e) {
-          const int64_t k = k0 + e, khw = k / c.Cin, ci = k % c.Cin;
+          const int64_t k = k0 + e, khw = k / Cinp, ci = k % Cinp;
+          if (ci >= c.Cin) {  // a padding channel: the copy of x holds zero there
+            REQUIRE_MESSAGE(b[size_t(e)] == 0.0, label << ": forward padding channel " << ci << " not zero");
+            continue;
+          }
           for (int64_t co = 0; co < c.Cout; ++co) acc[size_t(co)] += w[size_t((co * c.Cin + ci) * KHW + khw)] * b[size_t(e)];
         }
       }
       for (int64_t co = 0; co < c.Cout; ++co) y[nchw(c.Cout, OHW, co, p)] = acc[size_t(co)];
     }
-    // backward-data: dx[ci][p] = sum_k Wd[ci][k] B[k][p], Wd[ci][(kh kw) Cout + co] = w[co][ci][kh][kw]
-    const int64_t Kd = KHW * c.Cout;
+    // backward-data: dx[ci][p] = sum_k Wd[ci][k] B[k][p], Wd[ci][(kh kw) Coutp + co] = w[co][ci][kh][kw]
+    const int64_t Kd = KHW * Coutp;
     for (int64_t p = 0; p < Pin; ++p) {
       const cg::ImgRow row = cg::img_row<true>(gd, p, Pin);
       std::vector<double> acc(size_t(c.Cin), 0.0);
@@ -636,15 +646,19 @@ void gather_case(const GatherCase& c, bool direct) {
         }
         const std::array<double, 8> b = chunk_at(dyt, off);
         for (int e = 0; e < 8; ++e) {
-          const int64_t k = k0 + e, khw = k / c.Cout, co = k % c.Cout;
+          const int64_t k = k0 + e, khw = k / Coutp, co = k % Coutp;
+          if (co >= c.Cout) {
+            REQUIRE_MESSAGE(b[size_t(e)] == 0.0, label << ": backward-data padding channel " << co << " not zero");
+            continue;
+          }
           for (int64_t ci = 0; ci < c.Cin; ++ci) acc[size_t(ci)] += w[size_t((co * c.Cin + ci) * KHW + khw)] * b[size_t(e)];
         }
       }
       for (int64_t ci = 0; ci < c.Cin; ++ci) dx[nchw(c.Cin, HW, ci, p)] = acc[size_t(ci)];
     }
-    // backward-filter: C[co][n] = sum_p dyt[p][co] B[p][n], n = (kh kw) Cin + ci, rows p in steps
-    // of one, past the last pixel zeros; dw[co][ci][khw] = C[co][khw Cin + ci]
-    const int64_t Ng = KHW * c.Cin;
+    // backward-filter: C[co][n] = sum_p dyt[p][co] B[p][n], n = (kh kw) Cinp + ci, rows p in steps
+    // of one, past the last pixel zeros; dw[co][ci][khw] = C[co][khw Cinp + ci] for ci < Cin
+    const int64_t Ng = KHW * Cinp;
     for (int64_t n0 = 0; n0 < Ng; n0 += 8) {
       const cg::ImgChunk ch = cg::img_chunk(gf, n0, Ng);
       for (int64_t p = 0; p < stage_round(P); ++p) {
@@ -655,9 +669,10 @@ void gather_case(const GatherCase& c, bool direct) {
         }
         const std::array<double, 8> b = chunk_at(xt, off);
         for (int e = 0; e < 8; ++e) {
-          const int64_t n = n0 + e, khw = n / c.Cin, ci = n % c.Cin;
+          const int64_t n = n0 + e, khw = n / Cinp, ci = n % Cinp;
+          if (ci >= c.Cin) continue;  // a padding column of C: the reduction skips it
           for (int64_t co = 0; co < c.Cout; ++co)
-            dw[size_t((co * c.Cin + ci) * KHW + khw)] += dyt[size_t(p * c.Cout + co)] * b[size_t(e)];
+            dw[size_t((co * c.Cin + ci) * KHW + khw)] += dyt[size_t(p * Coutp + co)] * b[size_t(e)];
         }
       }
     }
@@ -728,10 +743,13 @@ TEST_CASE("cuda conv host: FastDiv divides exactly (the wgmma gathers' 32-bit di
 
 TEST_CASE("cuda conv host: the wgmma convolution's gathers compute the convolution (all passes, both paths)") {
   // NHWC: 3x3 stride 1 and 2 with padding, 5x5 s2 p2, kernel = stride, 1x1, channel counts that
-  // are multiples of 8 but not of the 64-wide stage, odd image sizes
+  // are multiples of 8 but not of the 64-wide stage, and that are not (padded to 8: the stem's 3,
+  // odd counts on both sides), odd image sizes
   for (const GatherCase& c : {GatherCase{2, 8, 7, 5, 16, 3, 3, 1, 1}, GatherCase{3, 16, 9, 8, 8, 3, 3, 2, 1},
                               GatherCase{1, 24, 11, 9, 8, 5, 5, 2, 2}, GatherCase{2, 8, 8, 8, 24, 4, 4, 4, 0},
-                              GatherCase{2, 72, 5, 3, 16, 1, 1, 1, 0}, GatherCase{1, 8, 6, 6, 8, 3, 1, 1, 0}})
+                              GatherCase{2, 72, 5, 3, 16, 1, 1, 1, 0}, GatherCase{1, 8, 6, 6, 8, 3, 1, 1, 0},
+                              GatherCase{2, 3, 11, 9, 5, 3, 3, 2, 1}, GatherCase{1, 13, 7, 6, 70, 3, 3, 1, 1},
+                              GatherCase{2, 5, 6, 7, 3, 2, 2, 2, 0}})
     gather_case(c, false);
   // direct 1x1: H W % 8 == 0, the pixel count past and at a 64 boundary
   for (const GatherCase& c : {GatherCase{3, 16, 4, 6, 24, 1, 1, 1, 0}, GatherCase{2, 72, 4, 8, 8, 1, 1, 1, 0}})

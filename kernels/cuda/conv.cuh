@@ -15,9 +15,9 @@
 //   Wgmma:      Hopper's warpgroup MMA (sm_90a builds on sm_90 GPUs), bf16: implicit GEMM
 //               with 16-byte gathers from NHWC copies of the activations (made inside the call)
 //               or, for 1x1 stride-1 layers with H W % 8 == 0, from the NCHW tensors in place
-//               (see conv_wgmma.cu). Shapes it cannot take (a K-order channel count not a
-//               multiple of 8, as the stem's Cin = 3) and float storage run the TensorCore
-//               kernel.
+//               (see conv_wgmma.cu); channel counts are padded to multiples of 8 in the
+//               copies. Float storage (and sizes past its 32-bit pixel math) run the
+//               TensorCore kernel.
 //
 // Every launcher validates its arguments (throws clipcu::Error), never allocates, and takes its
 // scratch from ConvArgs::workspace, at least conv2d_workspace_bytes() for that pass.

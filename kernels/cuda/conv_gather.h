@@ -4,9 +4,10 @@
 // convolution computed through it) on the CPU, without a GPU.
 //
 // Two layouts of an activation tensor [N][C][H][W] are gathered from:
-//   NHWC (a copy the launcher makes, counted in its time): a chunk is 8 consecutive channels of
-//     one pixel at one kernel offset (kh, kw); C % 8 == 0. The GEMM's K order over a kernel
-//     window is (kh, kw, c), c fastest.
+//   NHWC (a copy the launcher makes, counted in its time, its channels padded with zeros to a
+//     multiple of 8: C below is that padded count): a chunk is 8 consecutive channels of one
+//     pixel at one kernel offset (kh, kw). The GEMM's K order over a kernel window is (kh, kw, c),
+//     c fastest.
 //   NCHW (the tensor itself, 1x1 stride-1 layers only): a chunk is 8 consecutive pixels of one
 //     channel of one image; H W % 8 == 0, so a chunk never crosses an image.
 #pragma once

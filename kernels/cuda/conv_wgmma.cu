@@ -5,16 +5,18 @@
 // (kernels/cuda/conv_gather.h: the index math, checked on the CPU by tests/test_cuda_conv.cpp).
 //
 //   pass             M      N             K            A (tile)                  B (tile)
-//   forward          Cout   N OH OW       KH KW Cin    W [Cout][KH KW Cin] (K)   x gathered (K)
-//   backward-data    Cin    N H W         KH KW Cout   W [Cin][KH KW Cout] (K)   dy gathered (K)
-//   backward-filter  Cout   KH KW Cin     N OH OW      dy (MN)                   x gathered (MN)
+//   forward          Cout   N OH OW       KH KW Cin'   W [Cout][KH KW Cin'] (K)  x gathered (K)
+//   backward-data    Cin    N H W         KH KW Cout'  W [Cin][KH KW Cout'] (K)  dy gathered (K)
+//   backward-filter  Cout   KH KW Cin'    N OH OW      dy (MN)                   x gathered (MN)
+// (C' = C rounded up to a multiple of 8 on the Nhwc path, C itself on the Direct path)
 //
-// Nhwc path (any kernel, stride and padding; the K order's channel counts multiples of 8): the
-// activations a pass gathers are first copied to NHWC (x for forward and backward-filter, dy for
-// backward-data and backward-filter) so that a chunk is 8 channels of one pixel at one kernel
-// offset, zero outside the image (and, for backward-data with stride > 1, where the stride does
-// not divide). The weights are copied to the (kh, kw, c) order of K. All copies are one batched
-// transpose kernel, in the caller's workspace and inside the pass's time.
+// Nhwc path (any kernel, stride, padding and channel count): the activations a pass gathers are
+// first copied to NHWC (x for forward and backward-filter, dy for backward-data and
+// backward-filter) with the channels padded with zeros to a multiple of 8, so that a chunk is 8
+// channels of one pixel at one kernel offset, zero outside the image (and, for backward-data with
+// stride > 1, where the stride does not divide). The weights are copied to the (kh, kw, c) order
+// of K, padded the same way (the stem's Cin = 3 becomes 8: K = 72 for its 3x3). All copies are
+// one batched transpose kernel, in the caller's workspace and inside the pass's time.
 // Direct path (1x1, stride 1, no padding, H W % 8 == 0, 16-byte aligned tensors, Cin and Cout
 // multiples of 8): the products are plain GEMMs over NCHW, no copies: forward A = W [Cout][Cin]
 // and B = x as [Cin][pixels] (MN-major chunks of 8 pixels), backward-data A = W^T (MN-major)
@@ -266,41 +268,43 @@ void launch(const Params& p, int64_t splits, cudaStream_t stream) {
 }
 
 // ---------------------------------------------------------------- copies and the dw reduction
-// out[b][s][r] = in[b][r][s] (a batch of R x S transposes through 32 x 32 shared tiles):
-// NCHW -> NHWC (b = image, r = channel, s = pixel) and the weight reorders.
-// grid: (ceil(S / 32), ceil(R / 32), B) with B <= 65535; block: (32, 8).
-__global__ void __launch_bounds__(256) transpose_kernel(int64_t R, int64_t S, const bf16* in, bf16* out) {
+// out[b][s][r] = in[b][r][s] for r < R, 0 for R <= r < ld (a batch of R x S transposes through
+// 32 x 32 shared tiles, output rows padded to ld): NCHW -> NHWC with the channels padded to a
+// multiple of 8 (b = image, r = channel, s = pixel), and the weight reorders.
+// grid: (ceil(S / 32), ceil(ld / 32), B) with B <= 65535; block: (32, 8).
+__global__ void __launch_bounds__(256) transpose_kernel(int64_t R, int64_t S, int64_t ld, const bf16* in, bf16* out) {
   __shared__ bf16 tile[32][33];
   const int64_t b = blockIdx.z, r0 = int64_t(blockIdx.y) * 32, s0 = int64_t(blockIdx.x) * 32;
   const bf16* src = in + b * R * S;
-  bf16* dst = out + b * R * S;
+  bf16* dst = out + b * ld * S;
   for (int i = int(threadIdx.y); i < 32; i += 8) {
     const int64_t r = r0 + i, s = s0 + threadIdx.x;
-    if (r < R && s < S) tile[i][threadIdx.x] = src[r * S + s];
+    if (s < S) tile[i][threadIdx.x] = r < R ? src[r * S + s] : from_float<bf16>(0.f);
   }
   __syncthreads();
   for (int i = int(threadIdx.y); i < 32; i += 8) {
     const int64_t s = s0 + i, r = r0 + threadIdx.x;
-    if (r < R && s < S) dst[s * R + r] = tile[threadIdx.x][i];
+    if (r < ld && s < S) dst[s * ld + r] = tile[threadIdx.x][i];
   }
 }
 
-void transpose(int64_t B, int64_t R, int64_t S, const bf16* in, bf16* out, cudaStream_t stream) {
-  if (B * R * S == 0) return;
-  const int64_t gs = (S + 31) / 32, gr = (R + 31) / 32;
+void transpose(int64_t B, int64_t R, int64_t S, int64_t ld, const bf16* in, bf16* out, cudaStream_t stream) {
+  if (B * ld * S == 0) return;
+  const int64_t gs = (S + 31) / 32, gr = (ld + 31) / 32;
   CLIPCU_CUDA_REQUIRE(B <= 65535 && gr <= 65535 && gs <= INT32_MAX,
                       "conv2d (wgmma): transpose of " << B << " x " << R << " x " << S << " too large");
-  transpose_kernel<<<dim3(unsigned(gs), unsigned(gr), unsigned(B)), dim3(32, 8), 0, stream>>>(R, S, in, out);
+  transpose_kernel<<<dim3(unsigned(gs), unsigned(gr), unsigned(B)), dim3(32, 8), 0, stream>>>(R, S, ld, in, out);
   CLIPCU_CUDA_CHECK_LAUNCH("transpose_kernel");
 }
 
-// dw[co][ci][khw] += sum over z (in order) of partial[z][co][khw * Cin + ci].
-__global__ void wgrad_reduce_kernel(int64_t Cout, int64_t Cin, int64_t KHW, int64_t splits, const float* partial,
-                                    bf16* dw) {
-  const int64_t total = Cout * Cin * KHW, Ng = Cin * KHW;
+// dw[co][ci][khw] += sum over z (in order) of partial[z][co][khw * Cinp + ci] (Cinp: the padded
+// channel count of the GEMM's columns).
+__global__ void wgrad_reduce_kernel(int64_t Cout, int64_t Cin, int64_t Cinp, int64_t KHW, int64_t splits,
+                                    const float* partial, bf16* dw) {
+  const int64_t total = Cout * Cin * KHW, per_co = Cin * KHW, Ng = Cinp * KHW;
   for (int64_t o = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; o < total; o += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t co = o / Ng, r = o - co * Ng, ci = r / KHW, khw = r - ci * KHW;
-    const float* src = partial + co * Ng + khw * Cin + ci;
+    const int64_t co = o / per_co, r = o - co * per_co, ci = r / KHW, khw = r - ci * KHW;
+    const float* src = partial + co * Ng + khw * Cinp + ci;
     float sum = 0.f;
     for (int64_t z = 0; z < splits; ++z) sum += src[z * Cout * Ng];
     accumulate(dw + o, sum);
@@ -309,33 +313,32 @@ __global__ void wgrad_reduce_kernel(int64_t Cout, int64_t Cin, int64_t KHW, int6
 
 // ---------------------------------------------------------------- planning
 constexpr int64_t k31 = int64_t(1) << 31;
+int64_t pad8(int64_t c) { return (c + 7) / 8 * 8; }
 
-bool nhwc_shape_ok(const ConvShape& s, ConvPass pass) {
-  const int64_t xs = s.N * s.H * s.W * s.Cin, ys = s.N * s.OH * s.OW * s.Cout, ws = s.Cout * s.Cin * s.KH * s.KW;
-  if (xs >= k31 || ys >= k31 || ws >= k31 || s.N > 65535) return false;  // 32-bit pixel math, transpose grid
-  switch (pass) {
-    case ConvPass::Forward: return s.Cin % 8 == 0;
-    case ConvPass::BackwardData: return s.Cout % 8 == 0;
-    case ConvPass::BackwardFilter: return s.Cin % 8 == 0 && s.Cout % 8 == 0;
-  }
-  return false;
+// The NHWC copies hold padded channels; 32-bit pixel math and the transpose grid bound the rest.
+bool nhwc_shape_ok(const ConvShape& s) {
+  const int64_t xs = s.N * s.H * s.W * pad8(s.Cin), ys = s.N * s.OH * s.OW * pad8(s.Cout);
+  const int64_t ws = s.Cout * pad8(s.Cin) * s.KH * s.KW, wd = s.Cin * pad8(s.Cout) * s.KH * s.KW;
+  return xs < k31 && ys < k31 && ws < k31 && wd < k31 && s.N <= 65535 && s.Cout <= 65535;
 }
 bool direct_shape_ok(const ConvShape& s) {
   return s.KH == 1 && s.KW == 1 && s.stride == 1 && s.padding == 0 && (s.H * s.W) % 8 == 0 && s.Cin % 8 == 0 &&
-         s.Cout % 8 == 0 && s.N * s.H * s.W < k31;
+         s.Cout % 8 == 0 && s.N * s.H * s.W < k31 && s.N * s.H * s.W * std::max(s.Cin, s.Cout) < (int64_t(1) << 62);
 }
 
-// The GEMM of a pass: M, N and K.
+// The GEMM of a pass: M, N and K (the Nhwc path's K order and backward-filter columns run over
+// padded channel counts; Direct has none to pad).
 struct Dims {
   int64_t M, Ng, K;
 };
 Dims dims(const ConvShape& s, ConvPass pass) {
+  const int64_t KHW = s.KH * s.KW;
   switch (pass) {
-    case ConvPass::Forward: return {s.Cout, s.N * s.OH * s.OW, s.KH * s.KW * s.Cin};
-    case ConvPass::BackwardData: return {s.Cin, s.N * s.H * s.W, s.KH * s.KW * s.Cout};
+    case ConvPass::Forward: return {s.Cout, s.N * s.OH * s.OW, KHW * pad8(s.Cin)};
+    case ConvPass::BackwardData: return {s.Cin, s.N * s.H * s.W, KHW * pad8(s.Cout)};
     case ConvPass::BackwardFilter: break;
   }
-  return {s.Cout, s.KH * s.KW * s.Cin, s.N * s.OH * s.OW};
+  return {s.Cout, KHW * pad8(s.Cin), s.N * s.OH * s.OW};
 }
 
 // Backward-filter: K per split (a multiple of BK) and the split count.
@@ -359,6 +362,8 @@ size_t partial_bytes(const ConvShape& s) {
   const Dims d = dims(s, ConvPass::BackwardFilter);
   return align256(size_t(wgrad_split(s).splits) * size_t(d.M * d.Ng) * sizeof(float));
 }
+size_t nhwc_x_bytes(const ConvShape& s) { return align256(size_t(s.N * s.H * s.W * pad8(s.Cin)) * 2); }
+size_t nhwc_dy_bytes(const ConvShape& s) { return align256(size_t(s.N * s.OH * s.OW * pad8(s.Cout)) * 2); }
 
 // Workspace carving: consecutive 256-byte aligned pieces.
 struct Carve {
@@ -371,10 +376,11 @@ struct Carve {
   }
 };
 
-// forward and backward-filter gather x by the output grid; backward-data gathers dy by the input's
+// forward and backward-filter gather x by the output grid; backward-data gathers dy by the
+// input's (the NHWC copies' channel counts padded)
 ImgGeom img_geom(const ConvShape& s, bool dgrad) {
-  return dgrad ? conv_gather::img_geom(s.Cout, s.OH, s.OW, s.H, s.W, s.KW, s.stride, s.padding)
-               : conv_gather::img_geom(s.Cin, s.H, s.W, s.OH, s.OW, s.KW, s.stride, s.padding);
+  return dgrad ? conv_gather::img_geom(pad8(s.Cout), s.OH, s.OW, s.H, s.W, s.KW, s.stride, s.padding)
+               : conv_gather::img_geom(pad8(s.Cin), s.H, s.W, s.OH, s.OW, s.KW, s.stride, s.padding);
 }
 Operand dense(const bf16* ptr, int64_t mn, int64_t k) {
   Operand o;
@@ -387,6 +393,12 @@ void set_nchw_out(Params& p, bf16* out, int64_t plane, Out mode) {
   p.out_mode = mode, p.out = out, p.plane = FastDiv(uint32_t(plane));
   p.out_vec = plane % 4 == 0 && detail::aligned_to(out, 8);
 }
+Params gemm_params(const Dims& d, int64_t k_chunk) {
+  Params p;
+  p.M = d.M, p.Ng = d.Ng, p.K = d.K, p.tiles_m = (d.M + BM - 1) / BM, p.k_chunk = k_chunk;
+  return p;
+}
+int64_t whole_k(const Dims& d) { return std::max<int64_t>((d.K + BK - 1) / BK, 1) * BK; }
 
 }  // namespace
 
@@ -400,21 +412,22 @@ const char* path_name(Path p) {
 }
 
 Path path_of(const ConvShape& s, ConvPass pass, bool aligned) {
+  (void)pass;
   if (s.N <= 0) return Path::None;
   if (aligned && direct_shape_ok(s)) return Path::Direct;
-  return nhwc_shape_ok(s, pass) ? Path::Nhwc : Path::None;
+  return nhwc_shape_ok(s) ? Path::Nhwc : Path::None;
 }
 
 size_t workspace_bytes(const ConvShape& s, ConvPass pass) {
   size_t direct = 0, nhwc = 0;
   if (direct_shape_ok(s) && pass == ConvPass::BackwardFilter) direct = partial_bytes(s);
-  if (nhwc_shape_ok(s, pass)) {
-    const size_t xs = align256(size_t(s.N * s.H * s.W * s.Cin) * 2), ys = align256(size_t(s.N * s.OH * s.OW * s.Cout) * 2);
-    const size_t ws = align256(size_t(s.Cout * s.Cin * s.KH * s.KW) * 2);
+  if (nhwc_shape_ok(s)) {
+    const size_t wf = align256(size_t(s.Cout * pad8(s.Cin) * s.KH * s.KW) * 2);
+    const size_t wd = align256(size_t(s.Cin * pad8(s.Cout) * s.KH * s.KW) * 2);
     switch (pass) {
-      case ConvPass::Forward: nhwc = ws + xs; break;
-      case ConvPass::BackwardData: nhwc = ws + ys; break;
-      case ConvPass::BackwardFilter: nhwc = xs + ys + partial_bytes(s); break;
+      case ConvPass::Forward: nhwc = wf + nhwc_x_bytes(s); break;
+      case ConvPass::BackwardData: nhwc = wd + nhwc_dy_bytes(s); break;
+      case ConvPass::BackwardFilter: nhwc = nhwc_x_bytes(s) + nhwc_dy_bytes(s) + partial_bytes(s); break;
     }
   }
   return std::max(direct, nhwc);
@@ -425,8 +438,7 @@ bool forward(const ConvShape& s, const ConvArgs<bf16>& a, cudaStream_t stream) {
   const Path path = path_of(s, ConvPass::Forward, aligned);
   if (path == Path::None) return false;
   const Dims d = dims(s, ConvPass::Forward);
-  Params p;
-  p.M = d.M, p.Ng = d.Ng, p.K = d.K, p.tiles_m = (d.M + BM - 1) / BM, p.k_chunk = (d.K + BK - 1) / BK * BK;
+  Params p = gemm_params(d, whole_k(d));
   p.bias = a.bias;
   set_nchw_out(p, a.y, s.OH * s.OW, Out::Store);
   if (path == Path::Direct) {
@@ -436,11 +448,12 @@ bool forward(const ConvShape& s, const ConvArgs<bf16>& a, cudaStream_t stream) {
     launch<DenseK, NchwMn>(p, 1, stream);
     return true;
   }
+  const int64_t Cinp = pad8(s.Cin);
   Carve ws{static_cast<unsigned char*>(a.workspace)};
   bf16* wt = ws.take<bf16>(size_t(d.M * d.K));
-  bf16* xt = ws.take<bf16>(size_t(s.N * s.H * s.W * s.Cin));
-  transpose(s.Cout, s.Cin, s.KH * s.KW, a.w, wt, stream);  // [Cout][Cin][KHW] -> [Cout][KHW][Cin]
-  transpose(s.N, s.Cin, s.H * s.W, a.x, xt, stream);       // NCHW -> NHWC
+  bf16* xt = ws.take<bf16>(size_t(s.N * s.H * s.W * Cinp));
+  transpose(s.Cout, s.Cin, s.KH * s.KW, Cinp, a.w, wt, stream);  // [Cout][Cin][KHW] -> [Cout][KHW][Cinp]
+  transpose(s.N, s.Cin, s.H * s.W, Cinp, a.x, xt, stream);       // NCHW -> NHWC
   p.a = dense(wt, d.M, d.K);
   p.b = dense(xt, d.Ng, d.K);
   p.b.img = img_geom(s, false);
@@ -453,8 +466,7 @@ bool backward_data(const ConvShape& s, const ConvArgs<bf16>& a, cudaStream_t str
   const Path path = path_of(s, ConvPass::BackwardData, aligned);
   if (path == Path::None) return false;
   const Dims d = dims(s, ConvPass::BackwardData);
-  Params p;
-  p.M = d.M, p.Ng = d.Ng, p.K = d.K, p.tiles_m = (d.M + BM - 1) / BM, p.k_chunk = (d.K + BK - 1) / BK * BK;
+  Params p = gemm_params(d, whole_k(d));
   set_nchw_out(p, a.dx, s.H * s.W, Out::Add);
   if (path == Path::Direct) {
     p.a = dense(a.w, d.M, d.K);  // W [Cout][Cin] = A^T: [K][M], MN-major
@@ -463,11 +475,12 @@ bool backward_data(const ConvShape& s, const ConvArgs<bf16>& a, cudaStream_t str
     launch<DenseMn, NchwMn>(p, 1, stream);
     return true;
   }
+  const int64_t Coutp = pad8(s.Cout);
   Carve ws{static_cast<unsigned char*>(a.workspace)};
   bf16* wd = ws.take<bf16>(size_t(d.M * d.K));
-  bf16* dyt = ws.take<bf16>(size_t(s.N * s.OH * s.OW * s.Cout));
-  transpose(1, s.Cout, s.Cin * s.KH * s.KW, a.w, wd, stream);  // -> [Cin][KHW][Cout]
-  transpose(s.N, s.Cout, s.OH * s.OW, a.dy, dyt, stream);       // NCHW -> NHWC
+  bf16* dyt = ws.take<bf16>(size_t(s.N * s.OH * s.OW * Coutp));
+  transpose(1, s.Cout, s.Cin * s.KH * s.KW, Coutp, a.w, wd, stream);  // -> [Cin][KHW][Coutp]
+  transpose(s.N, s.Cout, s.OH * s.OW, Coutp, a.dy, dyt, stream);      // NCHW -> NHWC
   p.a = dense(wd, d.M, d.K);
   p.b = dense(dyt, d.Ng, d.K);
   p.b.img = img_geom(s, true);
@@ -481,10 +494,10 @@ bool backward_filter(const ConvShape& s, const ConvArgs<bf16>& a, cudaStream_t s
   if (path == Path::None) return false;
   const Dims d = dims(s, ConvPass::BackwardFilter);
   const Split sp = wgrad_split(s);
-  Params p;
-  p.M = d.M, p.Ng = d.Ng, p.K = d.K, p.tiles_m = (d.M + BM - 1) / BM, p.k_chunk = sp.k_chunk;
+  Params p = gemm_params(d, sp.k_chunk);
   p.out_mode = Out::Partial;
   p.out_vec = d.Ng % 4 == 0;  // the partial sums start 256-byte aligned
+  const int64_t Cinp = pad8(s.Cin), Coutp = pad8(s.Cout);
   Carve ws{static_cast<unsigned char*>(a.workspace)};
   if (path == Path::Direct) {
     p.partial = ws.take<float>(size_t(sp.splits * d.M * d.Ng));
@@ -494,19 +507,20 @@ bool backward_filter(const ConvShape& s, const ConvArgs<bf16>& a, cudaStream_t s
     p.b.nchw = nchw_geom(s.N, s.Cin, s.H * s.W);
     launch<NchwK, NchwK>(p, sp.splits, stream);
   } else {
-    bf16* xt = ws.take<bf16>(size_t(s.N * s.H * s.W * s.Cin));
-    bf16* dyt = ws.take<bf16>(size_t(s.N * s.OH * s.OW * s.Cout));
+    bf16* xt = ws.take<bf16>(size_t(s.N * s.H * s.W * Cinp));
+    bf16* dyt = ws.take<bf16>(size_t(s.N * s.OH * s.OW * Coutp));
     p.partial = ws.take<float>(size_t(sp.splits * d.M * d.Ng));
-    transpose(s.N, s.Cin, s.H * s.W, a.x, xt, stream);
-    transpose(s.N, s.Cout, s.OH * s.OW, a.dy, dyt, stream);
-    p.a = dense(dyt, d.M, d.K);  // [pixels][Cout] = [K][M], MN-major
+    transpose(s.N, s.Cin, s.H * s.W, Cinp, a.x, xt, stream);
+    transpose(s.N, s.Cout, s.OH * s.OW, Coutp, a.dy, dyt, stream);
+    p.a = dense(dyt, Coutp, d.K);  // [pixels][Coutp] = [K][M], MN-major (rows Coutp long)
     p.b = dense(xt, d.Ng, d.K);
     p.b.img = img_geom(s, false);
     launch<DenseMn, ImgMn>(p, sp.splits, stream);
   }
-  const int64_t total = d.M * d.Ng;
+  const int64_t total = s.Cout * s.Cin * s.KH * s.KW;
   const int64_t blocks = std::min<int64_t>((total + 255) / 256, 65536);
-  wgrad_reduce_kernel<<<unsigned(blocks), 256, 0, stream>>>(s.Cout, s.Cin, s.KH * s.KW, sp.splits, p.partial, a.dw);
+  wgrad_reduce_kernel<<<unsigned(blocks), 256, 0, stream>>>(s.Cout, s.Cin, path == Path::Direct ? s.Cin : Cinp,
+                                                            s.KH * s.KW, sp.splits, p.partial, a.dw);
   CLIPCU_CUDA_CHECK_LAUNCH("wgrad_reduce_kernel");
   return true;
 }

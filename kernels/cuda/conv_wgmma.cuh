@@ -1,7 +1,7 @@
 // The Hopper implicit-GEMM convolution (ConvKernel::Wgmma, bf16): kernels/cuda/conv.cu's
-// launchers call these for bf16 products; each returns false when the shape or the pointers
-// have no wgmma path (the caller then runs the mma.sync TensorCore kernel). Internal to the
-// kernels library. See kernels/cuda/conv_wgmma.cu.
+// launchers call these for bf16 products; each returns false when the shape has no wgmma path
+// (sizes past the 32-bit pixel math; the caller then runs the mma.sync TensorCore kernel).
+// Internal to the kernels library. See kernels/cuda/conv_wgmma.cu.
 #pragma once
 #include <cuda_runtime_api.h>
 
@@ -11,9 +11,10 @@
 
 namespace clipcu::cuda::convwg {
 
-// How a pass of a shape runs on this kernel: Nhwc (activations gathered from NHWC copies, any
-// kernel size and stride, the K-order channel counts multiples of 8), Direct (1x1, stride 1, no
-// padding, H W % 8 == 0: the NCHW tensors read in place, no copies), or None.
+// How a pass of a shape runs on this kernel: Nhwc (activations gathered from NHWC copies with
+// channels padded to multiples of 8: any kernel size, stride, padding and channel count), Direct
+// (1x1, stride 1, no padding, H W % 8 == 0, channel counts multiples of 8: the NCHW tensors read
+// in place, no copies), or None (too large for 32-bit pixel indices).
 enum class Path { None, Nhwc, Direct };
 // `aligned`: the tensors of the pass are 16-byte aligned (Direct reads them with 16-byte copies).
 Path path_of(const ConvShape& s, ConvPass pass, bool aligned);
