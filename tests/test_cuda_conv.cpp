@@ -188,6 +188,7 @@ std::vector<ConvCase> conv_cases() {
       // skips the pixels the stride does not reach)
       {3, 128, 4, 6, 136, 1, 1, 0, "1x1-direct"},
       {2, 16, 9, 9, 24, 3, 2, 1, "3x3-s2"},
+      {2, 64, 8, 8, 48, 1, 1, 0, "1x1-direct-64"},  // M <= 64: the 64 x 256 tile on the direct path
   };
   if (small_run()) all.resize(6);
   return all;
@@ -406,10 +407,12 @@ CLIPCU_GPU_TEST("cuda conv2d: wgmma smoke test, each path and pass against the C
   WorstError wf{"conv2d wgmma smoke forward bf16", 0.0, {}}, wd{"conv2d wgmma smoke backward-data bf16", 0.0, {}};
   WorstError ww{"conv2d wgmma smoke backward-filter bf16", 0.0, {}};
   // the NHWC path (3x3, padding; the stem's 3 and 5 channels padded to 8) and the direct path
-  // (1x1, H W % 8 == 0)
+  // (1x1, H W % 8 == 0), on both tiles (M <= 64: 64 x 256; else 128 x 128)
   conv_case<bf16>({3, 32, 7, 7, 32, 3, 1, 1, "3x3-fast"}, Fill::Random, true, 77, wf, wd, ww, cuda::ConvKernel::Wgmma);
   conv_case<bf16>({2, 3, 11, 9, 5, 3, 2, 1, "stem-s2"}, Fill::Random, true, 79, wf, wd, ww, cuda::ConvKernel::Wgmma);
   conv_case<bf16>({3, 128, 4, 6, 136, 1, 1, 0, "1x1-direct"}, Fill::Random, true, 78, wf, wd, ww,
+                  cuda::ConvKernel::Wgmma);
+  conv_case<bf16>({2, 64, 8, 8, 48, 1, 1, 0, "1x1-direct-64"}, Fill::Random, true, 80, wf, wd, ww,
                   cuda::ConvKernel::Wgmma);
 }
 
@@ -681,9 +684,11 @@ void gather_case(const GatherCase& c, bool direct) {
     REQUIRE(HW % 8 == 0);
     // GEMM columns (forward, backward-data) or K (backward-filter) in chunks of 8 pixels
     for (int64_t p0 = 0; p0 < stage_round(P); p0 += 8) {
-      // forward: y[co][p] = sum_ci w[co][ci] x[ci][p], K = Cin rows of the B tile
+      // forward: y[co][p] = sum_ci w[co][ci] x[ci][p], K = Cin rows of the B tile (the loader
+      // adds c H W to the chunk's channel-0 offset: the same number)
       for (int64_t ci = 0; ci < stage_round(c.Cin); ++ci) {
         const int64_t off = cg::nchw_offset(gx, p0, ci);
+        if (p0 < P && ci < c.Cin) REQUIRE(off == cg::nchw_offset(gx, p0, 0) + ci * HW);
         if (p0 >= P || ci >= c.Cin) {
           REQUIRE_MESSAGE(off == -1, label << ": x chunk (" << p0 << ", " << ci << ") not zero");
           continue;

@@ -129,9 +129,9 @@ inline NchwGeom nchw_geom(int64_t N, int64_t C, int64_t HW) {  // host side
   return g;
 }
 CLIPCU_CONV_HD int64_t nchw_offset(const NchwGeom& g, int64_t p0, int64_t c) {
-  if (p0 >= g.pixels || c >= g.C) return -1;
-  const uint32_t img = g.hw.div(uint32_t(p0));
-  return (int64_t(img) * g.C + c) * g.hw.d + (uint32_t(p0) - img * g.hw.d);
+  const uint32_t img = g.hw.div(uint32_t(p0));  // a select below, not a branch (see img_offset)
+  const int64_t off = (int64_t(img) * g.C + c) * g.hw.d + (uint32_t(p0) - img * g.hw.d);
+  return p0 < g.pixels && c < g.C ? off : -1;
 }
 
 }  // namespace clipcu::cuda::conv_gather

@@ -1,6 +1,7 @@
 // The Hopper implicit-GEMM convolution (ConvKernel::Wgmma, bf16 on sm_90a): every pass is one
-// GEMM on the wgmma pipeline of kernels/cuda/common/wgmma.cuh (128 x 128 block tiles, two
-// warpgroups, 6 cp.async stages, swizzled shared tiles read by the tensor cores directly), with
+// GEMM on the wgmma pipeline of kernels/cuda/common/wgmma.cuh (128 x 128 block tiles, or
+// 64 x 256 for M <= 64; two warpgroups, 6 or 5 cp.async stages, swizzled shared tiles read by
+// the tensor cores directly), with
 // operand loaders that gather 16-byte chunks straight from the activations
 // (kernels/cuda/conv_gather.h: the index math, checked on the CPU by tests/test_cuda_conv.cpp).
 //
@@ -43,10 +44,7 @@ namespace {
 
 using namespace conv_gather;
 using tc::BK;
-using tc::BM;
 using tc::kThreads;
-constexpr int BN = 128;
-using G = tc::Geo<BN>;
 // backward-filter split-K: about two waves of a 132-SM GPU (a constant, not the device's SM
 // count, so that the partial sums and their order do not depend on the machine)
 constexpr int64_t kSplitTargetBlocks = 264;
@@ -54,127 +52,172 @@ constexpr size_t kMaxPartialBytes = size_t(256) << 20;
 
 size_t align256(size_t b) { return (b + 255) / 256 * 256; }
 
+// The block tile: 128 x 128, or 64 x 256 when M (the output channels, Cin for backward-data)
+// is at most 64 (RN50's first stage and stem: a 128-row tile would be half empty or worse).
+// `wide`: the product may use 64 x 256. The NHWC backward-filter may not: with its B loader
+// (a pixel decode per row and stage, 8 rows per thread at 256 columns) ptxas serializes the
+// wgmmas (warning C7515), which would cost more than the empty rows.
+struct Tile {
+  int bm, bn;
+};
+Tile tile_for(int64_t M, bool wide) { return wide && M <= 64 ? Tile{64, 256} : Tile{128, 128}; }
+
 // ---------------------------------------------------------------- operand loaders
 // One GEMM operand: a dense row-major matrix or an activation gathered as conv_gather.h says.
 struct Operand {
   const bf16* ptr = nullptr;
-  int64_t mn = 0;  // its extent along M (A) or N (B)
+  int64_t mn = 0;  // its extent along M (A) or N (B); a dense [k][mn] operand's row length
   int64_t k = 0;   // its extent along K
   ImgGeom img;     // Img loaders
   NchwGeom nchw;   // Nchw loaders
 };
 
 #if CLIPCU_HAS_WGMMA  // the loaders exist in sm_90a device code only (the kernel's body)
-// Thread roles in a stage tile (256 threads). K-major tiles (128 rows along M or N, 64 k): chunk
-// column ct = tid % 8, rows rt + 32 i. MN-major tiles (64 rows along k, 128 along M or N): chunk
-// column ct = tid % 16, rows rt + 16 i. Consecutive threads: consecutive chunks of a row.
-constexpr int kRowsPer = 4;
-__device__ __forceinline__ int kmaj_ct() { return int(threadIdx.x) % 8; }
-__device__ __forceinline__ int kmaj_rt() { return int(threadIdx.x) / 8; }
-__device__ __forceinline__ int mnmaj_ct() { return int(threadIdx.x) % 16; }
-__device__ __forceinline__ int mnmaj_rt() { return int(threadIdx.x) / 16; }
+// Thread roles in a stage tile of kRows rows along M or N (256 threads; consecutive threads copy
+// consecutive chunks of a row). K-major (kRows rows of 64 k): chunk column ct = tid % 8, rows
+// rt + 32 i, i < kRows / 32. MN-major (64 rows along k, kRows / 8 chunks each): chunk column
+// ct = tid % (kRows / 8), rows rt + step i, step = 256 / (kRows / 8), i < 64 / step.
+template <int kRows>
+struct KMaj {
+  static constexpr int kPer = kRows / 32;
+  __device__ static int ct() { return int(threadIdx.x) % 8; }
+  __device__ static int rt() { return int(threadIdx.x) / 8; }
+  __device__ static int row(int i) { return rt() + 32 * i; }
+};
+template <int kRows>
+struct MnMaj {
+  static constexpr int kChunks = kRows / 8, kStep = kThreads / kChunks, kPer = BK / kStep;
+  __device__ static int ct() { return int(threadIdx.x) % kChunks; }
+  __device__ static int rt() { return int(threadIdx.x) / kChunks; }
+  __device__ static int row(int i) { return rt() + kStep * i; }
+};
 
 __device__ __forceinline__ void copy_chunk(bf16* dst, const bf16* base, int64_t off) {
   tc::cp_async16(dst, off >= 0 ? base + off : base, off >= 0 ? 16 : 0);
 }
 
 // A row-major [mn][k] matrix (K-major tile): the weights of forward and backward-data.
+template <int kRows>
 struct DenseK {
   static constexpr bool kMn = false;
   const Operand* o;
   int64_t mn0;
   __device__ void init(const Operand& op, int64_t m0) { o = &op, mn0 = m0; }
   __device__ void load(bf16* s, int64_t k0) const {
-    tc::load_stage_tile<tc::KMajorTile, 128, BK / 8>(s, o->ptr, o->mn, o->k, mn0, k0);
+    tc::load_stage_tile<tc::KMajorTile, kRows, BK / 8>(s, o->ptr, o->mn, o->k, mn0, k0);
   }
 };
 // A row-major [k][mn] matrix (MN-major tile): dy in NHWC for backward-filter, W^T of the 1x1
 // backward-data.
+template <int kRows>
 struct DenseMn {
   static constexpr bool kMn = true;
   const Operand* o;
   int64_t mn0;
   __device__ void init(const Operand& op, int64_t m0) { o = &op, mn0 = m0; }
   __device__ void load(bf16* s, int64_t k0) const {
-    tc::load_stage_tile<tc::MnMajorTile, BK, 128 / 8>(s, o->ptr, o->k, o->mn, k0, mn0);
+    tc::load_stage_tile<tc::MnMajorTile, BK, kRows / 8>(s, o->ptr, o->k, o->mn, k0, mn0);
   }
 };
 // Rows are pixels, K the (kh, kw, c) order of an NHWC tensor (K-major): B of forward and
-// backward-data. A thread's 4 pixel rows are fixed for the block.
-template <bool kDgrad>
+// backward-data. A thread's pixel rows are fixed for the block.
+template <bool kDgrad, int kRows>
 struct ImgK {
   static constexpr bool kMn = false;
+  using L = KMaj<kRows>;
   const Operand* o;
-  ImgRow rows[kRowsPer];
+  ImgRow rows[L::kPer];
   __device__ void init(const Operand& op, int64_t mn0) {
     o = &op;
 #pragma unroll
-    for (int i = 0; i < kRowsPer; ++i) rows[i] = img_row<kDgrad>(op.img, mn0 + kmaj_rt() + 32 * i, op.mn);
+    for (int i = 0; i < L::kPer; ++i) rows[i] = img_row<kDgrad>(op.img, mn0 + L::row(i), op.mn);
   }
   __device__ void load(bf16* s, int64_t k0) const {
-    const int ct = kmaj_ct();
-    const ImgChunk ch = img_chunk(o->img, k0 + 8 * ct, o->k);
+    const ImgChunk ch = img_chunk(o->img, k0 + 8 * L::ct(), o->k);
 #pragma unroll
-    for (int i = 0; i < kRowsPer; ++i)
-      copy_chunk(s + tc::KMajorTile::offset(kmaj_rt() + 32 * i, 8 * ct), o->ptr, img_offset<kDgrad>(o->img, rows[i], ch));
+    for (int i = 0; i < L::kPer; ++i)
+      copy_chunk(s + tc::KMajorTile::offset(L::row(i), 8 * L::ct()), o->ptr, img_offset<kDgrad>(o->img, rows[i], ch));
   }
 };
+template <int kRows>
+using ImgKFwd = ImgK<false, kRows>;
+template <int kRows>
+using ImgKDgrad = ImgK<true, kRows>;
 // Rows (K) are output pixels, columns (N) the (kh, kw, c) order of NHWC x (MN-major): B of
 // backward-filter. A thread's chunk of the (kh, kw, c) order is fixed for the block.
+template <int kRows>
 struct ImgMn {
   static constexpr bool kMn = true;
+  using L = MnMaj<kRows>;
   const Operand* o;
   ImgChunk ch;
   __device__ void init(const Operand& op, int64_t mn0) {
     o = &op;
-    ch = img_chunk(op.img, mn0 + 8 * mnmaj_ct(), op.mn);
+    ch = img_chunk(op.img, mn0 + 8 * L::ct(), op.mn);
   }
   __device__ void load(bf16* s, int64_t k0) const {
 #pragma unroll
-    for (int i = 0; i < kRowsPer; ++i) {
-      const int r = mnmaj_rt() + 16 * i;
-      const ImgRow row = img_row<false>(o->img, k0 + r, o->k);
-      copy_chunk(s + tc::MnMajorTile::offset(r, 8 * mnmaj_ct()), o->ptr, img_offset<false>(o->img, row, ch));
+    for (int i = 0; i < L::kPer; ++i) {
+      const ImgRow row = img_row<false>(o->img, k0 + L::row(i), o->k);
+      copy_chunk(s + tc::MnMajorTile::offset(L::row(i), 8 * L::ct()), o->ptr, img_offset<false>(o->img, row, ch));
     }
   }
 };
 // Rows (K) are channels, columns (M or N) pixels of an NCHW tensor (MN-major): B of the 1x1
 // forward and backward-data.
+template <int kRows>
 struct NchwMn {
   static constexpr bool kMn = true;
-  const Operand* o;
-  int64_t p0;
-  __device__ void init(const Operand& op, int64_t mn0) { o = &op, p0 = mn0 + 8 * mnmaj_ct(); }
+  using L = MnMaj<kRows>;
+  // the thread's pixel chunk is fixed: its channel-0 offset once, then one multiply-add per row
+  const bf16* ptr;
+  int64_t base, hw;
+  int32_t C;
+  __device__ void init(const Operand& op, int64_t mn0) {
+    ptr = op.ptr, hw = op.nchw.hw.d, C = op.nchw.C;
+    const int64_t p0 = mn0 + 8 * L::ct();
+    base = p0 < op.nchw.pixels ? nchw_offset(op.nchw, p0, 0) : -1;
+  }
   __device__ void load(bf16* s, int64_t k0) const {
 #pragma unroll
-    for (int i = 0; i < kRowsPer; ++i) {
-      const int r = mnmaj_rt() + 16 * i;
-      copy_chunk(s + tc::MnMajorTile::offset(r, 8 * mnmaj_ct()), o->ptr, nchw_offset(o->nchw, p0, k0 + r));
+    for (int i = 0; i < L::kPer; ++i) {
+      const int64_t c = k0 + L::row(i);
+      copy_chunk(s + tc::MnMajorTile::offset(L::row(i), 8 * L::ct()), ptr, base >= 0 && c < C ? base + c * hw : -1);
     }
   }
 };
 // Rows (M or N) are channels, K pixels of an NCHW tensor (K-major): A and B of the 1x1
 // backward-filter.
+template <int kRows>
 struct NchwK {
   static constexpr bool kMn = false;
+  using L = KMaj<kRows>;
   const Operand* o;
   int64_t c0;
-  __device__ void init(const Operand& op, int64_t mn0) { o = &op, c0 = mn0 + kmaj_rt(); }
+  __device__ void init(const Operand& op, int64_t mn0) { o = &op, c0 = mn0; }
   __device__ void load(bf16* s, int64_t k0) const {
-    const int64_t p0 = k0 + 8 * kmaj_ct();
+    const int64_t p0 = k0 + 8 * L::ct();
 #pragma unroll
-    for (int i = 0; i < kRowsPer; ++i)
-      copy_chunk(s + tc::KMajorTile::offset(kmaj_rt() + 32 * i, 8 * kmaj_ct()), o->ptr,
-                 nchw_offset(o->nchw, p0, c0 + 32 * i));
+    for (int i = 0; i < L::kPer; ++i)
+      copy_chunk(s + tc::KMajorTile::offset(L::row(i), 8 * L::ct()), o->ptr, nchw_offset(o->nchw, p0, c0 + L::row(i)));
   }
 };
 #else
+template <int>
 struct DenseK;
+template <int>
 struct DenseMn;
-template <bool kDgrad>
+template <bool, int>
 struct ImgK;
+template <int kRows>
+using ImgKFwd = ImgK<false, kRows>;
+template <int kRows>
+using ImgKDgrad = ImgK<true, kRows>;
+template <int>
 struct ImgMn;
+template <int>
 struct NchwMn;
+template <int>
 struct NchwK;
 #endif
 
@@ -183,7 +226,7 @@ enum class Out { Store, Add, Partial };
 struct Params {
   Operand a, b;
   int64_t M = 0, Ng = 0, K = 0;
-  int64_t tiles_m = 0;
+  int64_t tiles_m = 0;  // launch() sets it for the tile it picks
   int64_t k_chunk = 0;  // K per split, a multiple of BK (all of K without splits)
   Out out_mode = Out::Store;
   bf16* out = nullptr;          // Store / Add: NCHW [N][M][plane]
@@ -193,15 +236,16 @@ struct Params {
   bool out_vec = false;         // Store / Add: plane % 4 == 0 and out 8-byte aligned
 };
 
-// grid: (tiles_m * tiles_n, splits); block: 256 threads; dynamic shared memory G::kSmemBytes.
-// The parameters are __grid_constant__: the loaders keep pointers to their operands in it.
-// Tiles walk M fastest: the blocks resident at one time share their B columns (activations) and
-// read the small weight matrix from L2.
-template <class AL, class BL>
+// grid: (tiles_m * tiles_n, splits); block: 256 threads; dynamic shared memory
+// tc::Geo<BM, BN>::kSmemBytes. The parameters are __grid_constant__: the loaders keep pointers
+// to their operands in it. Tiles walk M fastest: the blocks resident at one time share their B
+// columns (activations) and read the small weight matrix from L2.
+template <int BM, int BN, class AL, class BL>
 __global__ void __launch_bounds__(kThreads, 1) conv_wgmma_kernel(const __grid_constant__ Params p) {
 #if CLIPCU_HAS_WGMMA
+  using G = tc::Geo<BM, BN>;
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  const tc::Stages<BN> sm = tc::stages<BN>(smem_raw);
+  const tc::Stages<BM, BN> sm = tc::stages<BM, BN>(smem_raw);
   const int64_t t = blockIdx.x;
   const int64_t m0 = (t % p.tiles_m) * BM, n0 = (t / p.tiles_m) * BN;
   const int64_t k_begin = int64_t(blockIdx.y) * p.k_chunk, k_end = min(p.K, k_begin + p.k_chunk);
@@ -217,8 +261,10 @@ __global__ void __launch_bounds__(kThreads, 1) conv_wgmma_kernel(const __grid_co
   };
   float acc[G::kInsts][64];
 #pragma unroll
-  for (int e = 0; e < 64; ++e) acc[0][e] = 0.f;
-  tc::mainloop<BN, AL::kMn, BL::kMn>(acc, sm, KT, load_stage);
+  for (int i = 0; i < G::kInsts; ++i)
+#pragma unroll
+    for (int e = 0; e < 64; ++e) acc[i][e] = 0.f;
+  tc::mainloop<BM, BN, AL::kMn, BL::kMn>(acc, sm, KT, load_stage);
 
   auto store = [&](int r, int c, const float (&v)[4]) {
     const int64_t m = m0 + r, n = n0 + c;
@@ -249,22 +295,36 @@ __global__ void __launch_bounds__(kThreads, 1) conv_wgmma_kernel(const __grid_co
       }
     }
   };
-  tc::epilogue<BN>(acc, sm.base, store);
+  tc::epilogue<BM, BN>(acc, sm.base, store);
 #else
   (void)p;
-  __trap();  // never launched: conv.cu checks gemm_wgmma_available first
+  __trap();  // never launched: conv.cu checks conv_wgmma_available first
 #endif
 }
 
-template <class AL, class BL>
-void launch(const Params& p, int64_t splits, cudaStream_t stream) {
+template <int BM, int BN, class AL, class BL>
+void launch_tile(Params p, int64_t splits, cudaStream_t stream) {
+  using G = tc::Geo<BM, BN>;
+  p.tiles_m = (p.M + BM - 1) / BM;
   const int64_t tiles = p.tiles_m * ((p.Ng + BN - 1) / BN);
   CLIPCU_CUDA_REQUIRE(tiles <= INT32_MAX && splits <= 65535, "conv2d (wgmma): " << tiles << " tiles x " << splits
                                                                                 << " splits is too large a grid");
-  auto kernel = conv_wgmma_kernel<AL, BL>;
+  auto kernel = conv_wgmma_kernel<BM, BN, AL, BL>;
   CLIPCU_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(G::kSmemBytes)));
   kernel<<<dim3(unsigned(tiles), unsigned(splits)), kThreads, G::kSmemBytes, stream>>>(p);
   CLIPCU_CUDA_CHECK_LAUNCH("conv_wgmma_kernel");
+}
+// The product on the tile tile_for(p.M, kWide) picks (AL, BL: loader templates over the tile's
+// rows).
+template <template <int> class AL, template <int> class BL, bool kWide = true>
+void launch(const Params& p, int64_t splits, cudaStream_t stream) {
+  if constexpr (kWide) {  // (only then instantiated)
+    if (tile_for(p.M, kWide).bm == 64) {
+      launch_tile<64, 256, AL<64>, BL<256>>(p, splits, stream);
+      return;
+    }
+  }
+  launch_tile<128, 128, AL<128>, BL<128>>(p, splits, stream);
 }
 
 // ---------------------------------------------------------------- copies and the dw reduction
@@ -345,9 +405,11 @@ Dims dims(const ConvShape& s, ConvPass pass) {
 struct Split {
   int64_t k_chunk = 0, splits = 1;
 };
-Split wgrad_split(const ConvShape& s) {
+// (wide: the tile choice of the path, see tile_for)
+Split wgrad_split(const ConvShape& s, bool wide) {
   const Dims d = dims(s, ConvPass::BackwardFilter);
-  const int64_t tiles = ((d.M + BM - 1) / BM) * ((d.Ng + BN - 1) / BN);
+  const Tile t = tile_for(d.M, wide);
+  const int64_t tiles = ((d.M + t.bm - 1) / t.bm) * ((d.Ng + t.bn - 1) / t.bn);
   const int64_t k_steps = std::max<int64_t>((d.K + BK - 1) / BK, 1);
   int64_t want = std::min((kSplitTargetBlocks + tiles - 1) / tiles, k_steps);
   const int64_t slice = d.M * d.Ng * int64_t(sizeof(float));
@@ -358,9 +420,9 @@ Split wgrad_split(const ConvShape& s) {
   r.splits = (k_steps + steps - 1) / steps;
   return r;
 }
-size_t partial_bytes(const ConvShape& s) {
+size_t partial_bytes(const ConvShape& s, bool wide) {
   const Dims d = dims(s, ConvPass::BackwardFilter);
-  return align256(size_t(wgrad_split(s).splits) * size_t(d.M * d.Ng) * sizeof(float));
+  return align256(size_t(wgrad_split(s, wide).splits) * size_t(d.M * d.Ng) * sizeof(float));
 }
 size_t nhwc_x_bytes(const ConvShape& s) { return align256(size_t(s.N * s.H * s.W * pad8(s.Cin)) * 2); }
 size_t nhwc_dy_bytes(const ConvShape& s) { return align256(size_t(s.N * s.OH * s.OW * pad8(s.Cout)) * 2); }
@@ -395,7 +457,7 @@ void set_nchw_out(Params& p, bf16* out, int64_t plane, Out mode) {
 }
 Params gemm_params(const Dims& d, int64_t k_chunk) {
   Params p;
-  p.M = d.M, p.Ng = d.Ng, p.K = d.K, p.tiles_m = (d.M + BM - 1) / BM, p.k_chunk = k_chunk;
+  p.M = d.M, p.Ng = d.Ng, p.K = d.K, p.k_chunk = k_chunk;
   return p;
 }
 int64_t whole_k(const Dims& d) { return std::max<int64_t>((d.K + BK - 1) / BK, 1) * BK; }
@@ -420,14 +482,14 @@ Path path_of(const ConvShape& s, ConvPass pass, bool aligned) {
 
 size_t workspace_bytes(const ConvShape& s, ConvPass pass) {
   size_t direct = 0, nhwc = 0;
-  if (direct_shape_ok(s) && pass == ConvPass::BackwardFilter) direct = partial_bytes(s);
+  if (direct_shape_ok(s) && pass == ConvPass::BackwardFilter) direct = partial_bytes(s, true);
   if (nhwc_shape_ok(s)) {
     const size_t wf = align256(size_t(s.Cout * pad8(s.Cin) * s.KH * s.KW) * 2);
     const size_t wd = align256(size_t(s.Cin * pad8(s.Cout) * s.KH * s.KW) * 2);
     switch (pass) {
       case ConvPass::Forward: nhwc = wf + nhwc_x_bytes(s); break;
       case ConvPass::BackwardData: nhwc = wd + nhwc_dy_bytes(s); break;
-      case ConvPass::BackwardFilter: nhwc = nhwc_x_bytes(s) + nhwc_dy_bytes(s) + partial_bytes(s); break;
+      case ConvPass::BackwardFilter: nhwc = nhwc_x_bytes(s) + nhwc_dy_bytes(s) + partial_bytes(s, false); break;
     }
   }
   return std::max(direct, nhwc);
@@ -457,7 +519,7 @@ bool forward(const ConvShape& s, const ConvArgs<bf16>& a, cudaStream_t stream) {
   p.a = dense(wt, d.M, d.K);
   p.b = dense(xt, d.Ng, d.K);
   p.b.img = img_geom(s, false);
-  launch<DenseK, ImgK<false>>(p, 1, stream);
+  launch<DenseK, ImgKFwd>(p, 1, stream);
   return true;
 }
 
@@ -484,7 +546,7 @@ bool backward_data(const ConvShape& s, const ConvArgs<bf16>& a, cudaStream_t str
   p.a = dense(wd, d.M, d.K);
   p.b = dense(dyt, d.Ng, d.K);
   p.b.img = img_geom(s, true);
-  launch<DenseK, ImgK<true>>(p, 1, stream);
+  launch<DenseK, ImgKDgrad>(p, 1, stream);
   return true;
 }
 
@@ -493,7 +555,7 @@ bool backward_filter(const ConvShape& s, const ConvArgs<bf16>& a, cudaStream_t s
   const Path path = path_of(s, ConvPass::BackwardFilter, aligned);
   if (path == Path::None) return false;
   const Dims d = dims(s, ConvPass::BackwardFilter);
-  const Split sp = wgrad_split(s);
+  const Split sp = wgrad_split(s, path == Path::Direct);
   Params p = gemm_params(d, sp.k_chunk);
   p.out_mode = Out::Partial;
   p.out_vec = d.Ng % 4 == 0;  // the partial sums start 256-byte aligned
@@ -515,7 +577,7 @@ bool backward_filter(const ConvShape& s, const ConvArgs<bf16>& a, cudaStream_t s
     p.a = dense(dyt, Coutp, d.K);  // [pixels][Coutp] = [K][M], MN-major (rows Coutp long)
     p.b = dense(xt, d.Ng, d.K);
     p.b.img = img_geom(s, false);
-    launch<DenseMn, ImgMn>(p, sp.splits, stream);
+    launch<DenseMn, ImgMn, false>(p, sp.splits, stream);
   }
   const int64_t total = s.Cout * s.Cin * s.KH * s.KW;
   const int64_t blocks = std::min<int64_t>((total + 255) / 256, 65536);

@@ -827,11 +827,11 @@ void launch_any(const GemmParams<T>& p, cudaStream_t stream, const Plan* forced)
 // matrix), the GEMM epilogue and the mma.sync kernel's split-K.
 namespace wg {
 
-using tc::BM;
+constexpr int BM = 128;
 using tc::BK;
 using tc::kThreads;
 template <int BN>
-using Geo = tc::Geo<BN>;
+using Geo = tc::Geo<BM, BN>;
 
 // An unaligned operand block, element by element with bounds checks: a call, so that the
 // registers of this rare path do not crowd the main loop's (the K loop of the 128 x 256 tile
@@ -860,7 +860,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                       int64_t k_chunk, float* partial) {
 #if CLIPCU_HAS_WGMMA
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  const tc::Stages<BN> sm = tc::stages<BN>(smem_raw);
+  const tc::Stages<BM, BN> sm = tc::stages<BM, BN>(smem_raw);
   const int64_t M = p.M, N = p.N, K = p.K;
   const mma::BlockWork work = mma::block_work(blockIdx.x, M, N, K, BM, BN, whole_tiles, splits, k_chunk, partial);
   const int64_t m0 = work.m0, n0 = work.n0, k_begin = work.k_begin;
@@ -887,7 +887,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   for (int i = 0; i < Geo<BN>::kInsts; ++i)
 #pragma unroll
     for (int e = 0; e < 64; ++e) acc[i][e] = 0.f;
-  tc::mainloop<BN, kTransA, !kTransB>(acc, sm, KT, load_stage);
+  tc::mainloop<BM, BN, kTransA, !kTransB>(acc, sm, KT, load_stage);
 
   // split tiles: raw sums to the tile-local partials; whole tiles: the epilogue, in bounds
   auto store = [&](int r, int c, const float (&v)[4]) {
@@ -898,7 +898,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (m < M && n < N) mma::epilogue4(p, m, n, v, out_vec);
     }
   };
-  tc::epilogue<BN>(acc, sm.base, store);
+  tc::epilogue<BM, BN>(acc, sm.base, store);
 #else
   (void)p, (void)a_vec, (void)b_vec, (void)out_vec, (void)whole_tiles, (void)splits, (void)k_chunk, (void)partial;
   __trap();  // never launched: the host checks gemm_wgmma_available first

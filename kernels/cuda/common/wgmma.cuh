@@ -3,10 +3,12 @@
 // instructions, one block's shared-memory stages, the K loop (`mainloop`) and the epilogue's
 // staging of the accumulators (`epilogue`). Include from .cu files only.
 //
-// A block of two warpgroups (256 threads) computes a BM x BN tile of C = A B (BM = 128, BN = 256
-// or 128): warpgroup w owns rows 64 w .. 64 w + 63 and issues wgmma.m64n128k16 (BN / 128 of them
-// per k16 step), both operands read by the tensor cores straight from shared memory through
-// matrix descriptors; the f32 accumulators (BN / 2 per thread) live in registers.
+// A block of two warpgroups (256 threads) computes a BM x BN tile of C = A B: 128 x 256 or
+// 128 x 128 (warpgroup w owns rows 64 w .. 64 w + 63, all columns), or 64 x 256 (both own the 64
+// rows, warpgroup w columns 128 w ..: for products with at most 64 rows). Each issues
+// wgmma.m64n128k16 (one per 128 of its columns per k16 step), both operands read by the tensor
+// cores straight from shared memory through matrix descriptors; the f32 accumulators (64 per
+// 128 columns per thread) live in registers.
 //
 // Shared tiles use the 128-byte swizzle of the wgmma descriptors, K-major or MN-major by operand
 // (kernels/cuda/gemm_wgmma_layout.h: the offsets and descriptors, checked against PTX's
@@ -58,16 +60,21 @@ __device__ __forceinline__ void cp_async_wait() {
 using wgmma_layout::kAtomBytes;
 using wgmma_layout::KMajorTile;
 using wgmma_layout::MnMajorTile;
-constexpr int BM = 128, BK = wgmma_layout::kBK;
+constexpr int BK = wgmma_layout::kBK;
 constexpr int kThreads = 256;     // two warpgroups
 constexpr int kInstN = 128;       // N of one wgmma
 constexpr int kScratchLd = 64 + 8;  // epilogue staging row in floats (conflict-free float2 writes)
 
-template <int BN>
+template <int BM_, int BN_>
 struct Geo {
-  static_assert(BN == 128 || BN == 256, "block tile 128 x 128 or 128 x 256");
-  static constexpr int kStages = BN == 256 ? 4 : 6;  // 192 KB of shared memory either way
-  static constexpr int kInsts = BN / kInstN;         // wgmmas per k16 step and warpgroup
+  static constexpr int BM = BM_, BN = BN_;
+  static_assert((BM == 128 && (BN == 128 || BN == 256)) || (BM == 64 && BN == 256),
+                "block tile 128 x 128, 128 x 256 or 64 x 256");
+  static constexpr int kWgM = BM / 64, kWgN = 2 / kWgM;  // warpgroups along M and N
+  static constexpr int kWgCols = BN / kWgN;             // a warpgroup's columns
+  static constexpr int kInsts = kWgCols / kInstN;       // wgmmas per k16 step and warpgroup
+  // as many stages as fit in 200 KB (4 for 128 x 256, 5 for 64 x 256, 6 for 128 x 128)
+  static constexpr int kStages = 204800 / ((BM + BN) * BK * 2) < 6 ? 204800 / ((BM + BN) * BK * 2) : 6;
   static constexpr int kAElems = BM * BK, kBElems = BN * BK;
   static constexpr size_t kPipeBytes = size_t(kStages) * (kAElems + kBElems) * 2;
   static constexpr size_t kScratchBytes = size_t(kThreads / 32) * 16 * kScratchLd * sizeof(float);
@@ -77,19 +84,19 @@ struct Geo {
 
 // The stages in a block's dynamic shared memory, aligned to the swizzle's 1024 bytes (in the
 // shared address space the descriptors use): A stages [kStages][kAElems], then B stages.
-template <int BN>
+template <int BM, int BN>
 struct Stages {
   unsigned char* base;  // also the epilogue's scratch
   bf16* as;
   bf16* bs;
   uint32_t as_addr, bs_addr;
 };
-template <int BN>
-__device__ __forceinline__ Stages<BN> stages(unsigned char* smem_raw) {
-  using G = Geo<BN>;
+template <int BM, int BN>
+__device__ __forceinline__ Stages<BM, BN> stages(unsigned char* smem_raw) {
+  using G = Geo<BM, BN>;
   const uint32_t raw_addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
   const uint32_t pad = (kAtomBytes - (raw_addr % kAtomBytes)) % kAtomBytes;
-  Stages<BN> s;
+  Stages<BM, BN> s;
   s.base = smem_raw + pad;
   s.as = reinterpret_cast<bf16*>(s.base);
   s.bs = s.as + G::kStages * G::kAElems;
@@ -182,12 +189,13 @@ __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a
 // K-major). load_stage(bf16* a_stage, bf16* b_stage, int64_t kt) issues this thread's copies of
 // step kt into the two stage tiles (cp.async and/or st.shared; the pipeline commits and waits).
 // Ends with every warpgroup done with the stages (one barrier): the caller may reuse them.
-template <int BN, bool kAMn, bool kBMn, class LoadStage>
-__device__ __forceinline__ void mainloop(float (&acc)[Geo<BN>::kInsts][64], const Stages<BN>& sm, int64_t KT,
-                                         LoadStage& load_stage) {
-  using G = Geo<BN>;
+template <int BM, int BN, bool kAMn, bool kBMn, class LoadStage>
+__device__ __forceinline__ void mainloop(float (&acc)[Geo<BM, BN>::kInsts][64], const Stages<BM, BN>& sm,
+                                         int64_t KT, LoadStage& load_stage) {
+  using G = Geo<BM, BN>;
   constexpr int kStages = G::kStages, kInsts = G::kInsts;
-  const int wgi = int(threadIdx.x) / 128;  // this thread's warpgroup: rows 64 wgi ..
+  const int wgi = int(threadIdx.x) / 128;  // this thread's warpgroup
+  const int wm = wgi % G::kWgM, wn = wgi / G::kWgM;  // its rows 64 wm .., columns kWgCols wn ..
   constexpr int kAhead = kStages - 2;       // steps of loads in flight ahead of the one computed
 #pragma unroll
   for (int s = 0; s < kAhead; ++s) {
@@ -195,10 +203,10 @@ __device__ __forceinline__ void mainloop(float (&acc)[Geo<BN>::kInsts][64], cons
     cp_async_commit();  // possibly empty: keeps the group count uniform
   }
   // the descriptors of stage 0, k16 slice 0 (A: this warpgroup's 64 rows; B: wgmma i's 128)
-  const uint64_t desc_a0 = base_desc<kAMn>(sm.as_addr, 64 * wgi);
+  const uint64_t desc_a0 = base_desc<kAMn>(sm.as_addr, 64 * wm);
   uint64_t desc_b0[kInsts];
 #pragma unroll
-  for (int i = 0; i < kInsts; ++i) desc_b0[i] = base_desc<kBMn>(sm.bs_addr, kInstN * i);
+  for (int i = 0; i < kInsts; ++i) desc_b0[i] = base_desc<kBMn>(sm.bs_addr, G::kWgCols * wn + kInstN * i);
   int stage = 0, write_stage = kAhead;
   for (int64_t kt = 0; kt < KT; ++kt) {
     // groups committed so far: kAhead + kt; at most kAhead - 1 pending => step kt landed
@@ -234,21 +242,23 @@ __device__ __forceinline__ void mainloop(float (&acc)[Geo<BN>::kInsts][64], cons
 }
 
 // Hands the accumulators to store(int r, int c, const float (&v)[4]): tile-local row r, columns
-// c .. c + 3 (c a multiple of 4), every element of the tile once. Warp w of warpgroup wgi holds
-// rows r0 + g and r0 + g + 8 (r0 = 64 wgi + 16 (w % 4), g = lane / 4) of every 8-column group j:
-// acc[j / 16][4 (j % 16) + e], columns 8 j + 2 t (+1 for odd e), t = lane % 4, the +8 row for
-// e >= 2 (the m16n8 accumulator layout, repeated). Pieces of 16 rows x 64 columns go through
-// the warp's scratch (in `smem`, after mainloop's final barrier) and come back as 4 consecutive
-// columns per lane: a warp's 32 lanes cover two rows of 64 columns per call round.
-template <int BN, class Store>
-__device__ __forceinline__ void epilogue(float (&acc)[Geo<BN>::kInsts][64], unsigned char* smem, Store& store) {
-  const int wgi = int(threadIdx.x) / 128;
+// c .. c + 3 (c a multiple of 4), every element of the tile once. Warp w of a warpgroup with
+// rows 64 wm .. and columns c0 = kWgCols wn .. holds rows r0 + g and r0 + g + 8
+// (r0 = 64 wm + 16 (w % 4), g = lane / 4) of every 8-column group j of its columns:
+// acc[j / 16][4 (j % 16) + e], columns c0 + 8 j + 2 t (+1 for odd e), t = lane % 4, the +8 row
+// for e >= 2 (the m16n8 accumulator layout, repeated). Pieces of 16 rows x 64 columns go
+// through the warp's scratch (in `smem`, after mainloop's final barrier) and come back as 4
+// consecutive columns per lane: a warp's 32 lanes cover two rows of 64 columns per call round.
+template <int BM, int BN, class Store>
+__device__ __forceinline__ void epilogue(float (&acc)[Geo<BM, BN>::kInsts][64], unsigned char* smem, Store& store) {
+  using G = Geo<BM, BN>;
+  const int wgi = int(threadIdx.x) / 128, wm = wgi % G::kWgM, wn = wgi / G::kWgM;
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
-  const int row0 = 64 * wgi + 16 * (warp % 4);
+  const int row0 = 64 * wm + 16 * (warp % 4), col0 = G::kWgCols * wn;
   float* scratch = reinterpret_cast<float*>(smem) + warp * 16 * kScratchLd;
   const int g = lane >> 2, t = lane & 3;
 #pragma unroll
-  for (int piece = 0; piece < BN / 64; ++piece) {
+  for (int piece = 0; piece < G::kWgCols / 64; ++piece) {
 #pragma unroll
     for (int jl = 0; jl < 8; ++jl) {
       const int j = piece * 8 + jl, i = j / 16, b = 4 * (j % 16);
@@ -262,7 +272,7 @@ __device__ __forceinline__ void epilogue(float (&acc)[Geo<BN>::kInsts][64], unsi
       const int r = it * 2 + (lane >> 4), c = (lane & 15) * 4;
       const float4 v4 = *reinterpret_cast<const float4*>(scratch + r * kScratchLd + c);
       const float v[4] = {v4.x, v4.y, v4.z, v4.w};
-      store(row0 + r, piece * 64 + c, v);
+      store(row0 + r, col0 + piece * 64 + c, v);
     }
     __syncwarp();  // the next piece overwrites the scratch
   }
