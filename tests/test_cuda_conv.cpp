@@ -586,7 +586,7 @@ std::array<double, 8> chunk_at(const std::vector<double>& src, int64_t off) {
 constexpr int64_t kStageK = 64;
 int64_t stage_round(int64_t k) { return (k + kStageK - 1) / kStageK * kStageK; }
 
-void gather_case(const GatherCase& c, bool direct) {
+void gather_case(const GatherCase& c, bool direct, WorstError& worst) {
   const cpu::Conv2dDims d = cpu::conv2d_dims(c.N, c.Cin, c.H, c.W, c.Cout, c.KH, c.KW, c.stride, c.pad);
   const int64_t KHW = c.KH * c.KW, HW = c.H * c.W, OHW = d.OH * d.OW;
   Rng rng(uint64_t(c.N * 1000 + c.Cin * 10 + c.KH));
@@ -719,7 +719,6 @@ void gather_case(const GatherCase& c, bool direct) {
       }
     }
   }
-  WorstError worst{"wgmma gathers on the CPU", 0.0, {}};
   expect_close(y, y_ref, 1e-12, label + " y", worst);
   expect_close(dx, dx_ref, 1e-12, label + " dx", worst);
   expect_close(dw, dw_ref, 1e-12, label + " dw", worst);
@@ -747,6 +746,7 @@ TEST_CASE("cuda conv host: FastDiv divides exactly (the wgmma gathers' 32-bit di
 }
 
 TEST_CASE("cuda conv host: the wgmma convolution's gathers compute the convolution (all passes, both paths)") {
+  WorstError worst{"wgmma gathers on the CPU (float64)", 0.0, {}};
   // NHWC: 3x3 stride 1 and 2 with padding, 5x5 s2 p2, kernel = stride, 1x1, channel counts that
   // are multiples of 8 but not of the 64-wide stage, and that are not (padded to 8: the stem's 3,
   // odd counts on both sides), odd image sizes
@@ -755,10 +755,10 @@ TEST_CASE("cuda conv host: the wgmma convolution's gathers compute the convoluti
                               GatherCase{2, 72, 5, 3, 16, 1, 1, 1, 0}, GatherCase{1, 8, 6, 6, 8, 3, 1, 1, 0},
                               GatherCase{2, 3, 11, 9, 5, 3, 3, 2, 1}, GatherCase{1, 13, 7, 6, 70, 3, 3, 1, 1},
                               GatherCase{2, 5, 6, 7, 3, 2, 2, 2, 0}})
-    gather_case(c, false);
+    gather_case(c, false, worst);
   // direct 1x1: H W % 8 == 0, the pixel count past and at a 64 boundary
   for (const GatherCase& c : {GatherCase{3, 16, 4, 6, 24, 1, 1, 1, 0}, GatherCase{2, 72, 4, 8, 8, 1, 1, 1, 0}})
-    gather_case(c, true);
+    gather_case(c, true, worst);
 }
 
 TEST_CASE("cuda conv host: shape and argument checks throw clipcu::Error before touching the device") {
