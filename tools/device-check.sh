@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One check of the whole project on a GPU machine: configure and build Release with all cores
-# (the GPU programs first), the wgmma smoke test, the CUDA tests, compute-sanitizer (memcheck over
+# (the GPU programs first), the wgmma smoke tests, the CUDA tests, compute-sanitizer (memcheck over
 # the CUDA tests, racecheck over the kernels that use shared memory), the GPU benchmarks against
 # cuBLAS / cuDNN / PyTorch, then the rest of the build, every other test and the CPU benchmarks
 # with the time left, and write OUTDIR/report.md (GPU, driver, CUDA, pass/fail per stage with
@@ -223,47 +223,35 @@ run_benches() {
 }
 : >"$OUTDIR/bench.log"
 
-# ---------------------------------------------------------------- wgmma smoke test
-# The Hopper GEMM first, alone and briefly: a fault in it would poison the CUDA context of the
-# whole test_cuda_ops run (and a hang would eat the budget). When it fails, CLIPCU_WGMMA=0 hides
-# the backend from everything after this stage, so the other kernels' results still come back.
+# ---------------------------------------------------------------- wgmma smoke tests
+# The Hopper kernels first, alone and briefly: a fault in one would poison the CUDA context of a
+# whole test program (and a hang would eat the budget). When the GEMM's fails, CLIPCU_WGMMA=0
+# hides the wgmma GEMM and convolution from everything after this stage; when the convolution's
+# fails, CLIPCU_CONV_WGMMA=0 hides the convolution; so the other kernels' results still come back.
 : >"$OUTDIR/test_cuda.log"
-if [ -x "$BUILD/tests/test_cuda_ops" ]; then
-  echo "===== test_cuda_ops: wgmma smoke test" >>"$OUTDIR/test_cuda.log"
-  timed 60 "$BUILD/tests/test_cuda_ops" '--test-case=cuda gemm: wgmma smoke*' >"$OUTDIR/.one.log" 2>&1
+# smoke NAME PROGRAM TEST_CASE UNAVAILABLE_TEXT VARIABLE
+smoke() {
+  local name="$1" prog="$BUILD/tests/$2" tc="$3" unavailable="$4" var="$5" asserts
+  [ -x "$prog" ] || return 0
+  echo "===== $2: $name" >>"$OUTDIR/test_cuda.log"
+  timed 60 "$prog" "--test-case=$tc" >"$OUTDIR/.one.log" 2>&1
   cat "$OUTDIR/.one.log" >>"$OUTDIR/test_cuda.log"
   asserts="$(grep -oE '^\[doctest\] assertions: *[0-9]+' "$OUTDIR/.one.log" | grep -oE '[0-9]+$')"
-  if grep -q 'wgmma backend is not available' "$OUTDIR/.one.log"; then
-    record "wgmma smoke test" SKIP "$SECS" "not available on this GPU / build"
+  if grep -q "$unavailable" "$OUTDIR/.one.log"; then
+    record "$name" SKIP "$SECS" "not available on this GPU / build (or hidden by an earlier smoke test)"
   elif [ "$RC" -eq 0 ] && [ "${asserts:-0}" -eq 0 ]; then
-    record "wgmma smoke test" "NOT RUN" "$SECS" "no assertion ran (no GPU answered?)"
+    record "$name" "NOT RUN" "$SECS" "no assertion ran (no GPU answered?)"
   elif [ "$RC" -eq 0 ]; then
-    record "wgmma smoke test" PASS "$SECS" "$(grep -E 'worst rel err' "$OUTDIR/.one.log" | sed -E 's/^.*MESSAGE: //' | head -1)"
+    record "$name" PASS "$SECS" "$(grep -E 'worst rel err' "$OUTDIR/.one.log" | sed -E 's/^.*MESSAGE: //' | head -1)"
   else
-    export CLIPCU_WGMMA=0
-    record "wgmma smoke test" "$(verdict $RC)" "$SECS" "CLIPCU_WGMMA=0 for the rest of the run; see test_cuda.log"
+    export "$var=0"
+    record "$name" "$(verdict $RC)" "$SECS" "$var=0 for the rest of the run; see test_cuda.log"
   fi
   rm -f "$OUTDIR/.one.log"
-fi
-# the Hopper convolution the same way (CLIPCU_CONV_WGMMA=0 when it fails; also skipped, and
-# hidden, after a failed GEMM smoke test: it runs on the same pipeline)
-if [ -x "$BUILD/tests/test_cuda_conv" ]; then
-  echo "===== test_cuda_conv: wgmma smoke test" >>"$OUTDIR/test_cuda.log"
-  timed 60 "$BUILD/tests/test_cuda_conv" '--test-case=cuda conv2d: wgmma smoke*' >"$OUTDIR/.one.log" 2>&1
-  cat "$OUTDIR/.one.log" >>"$OUTDIR/test_cuda.log"
-  asserts="$(grep -oE '^\[doctest\] assertions: *[0-9]+' "$OUTDIR/.one.log" | grep -oE '[0-9]+$')"
-  if grep -q 'wgmma convolution is not available' "$OUTDIR/.one.log"; then
-    record "conv wgmma smoke test" SKIP "$SECS" "not available on this GPU / build / after the GEMM's smoke test"
-  elif [ "$RC" -eq 0 ] && [ "${asserts:-0}" -eq 0 ]; then
-    record "conv wgmma smoke test" "NOT RUN" "$SECS" "no assertion ran (no GPU answered?)"
-  elif [ "$RC" -eq 0 ]; then
-    record "conv wgmma smoke test" PASS "$SECS" "$(grep -E 'worst rel err' "$OUTDIR/.one.log" | sed -E 's/^.*MESSAGE: //' | head -1)"
-  else
-    export CLIPCU_CONV_WGMMA=0
-    record "conv wgmma smoke test" "$(verdict $RC)" "$SECS" "CLIPCU_CONV_WGMMA=0 for the rest of the run; see test_cuda.log"
-  fi
-  rm -f "$OUTDIR/.one.log"
-fi
+}
+smoke "wgmma smoke test" test_cuda_ops 'cuda gemm: wgmma smoke*' 'wgmma backend is not available' CLIPCU_WGMMA
+smoke "conv wgmma smoke test" test_cuda_conv 'cuda conv2d: wgmma smoke*' 'wgmma convolution is not available' \
+  CLIPCU_CONV_WGMMA
 
 # ---------------------------------------------------------------- CUDA tests
 # every tests/test_cuda_* program, in full, one after the other into test_cuda.log

@@ -495,59 +495,62 @@ size_t workspace_bytes(const ConvShape& s, ConvPass pass) {
   return std::max(direct, nhwc);
 }
 
-bool forward(const ConvShape& s, const ConvArgs<bf16>& a, cudaStream_t stream) {
-  const bool aligned = detail::aligned_to(a.x, 16) && detail::aligned_to(a.w, 16);
-  const Path path = path_of(s, ConvPass::Forward, aligned);
+namespace {
+
+// Forward and backward-data: one GEMM shape, with x (forward) or dy (backward-data) gathered, the
+// weight in the K order and the NCHW epilogue (forward writes y + bias, backward-data adds to dx).
+template <bool kDgrad>
+bool data_pass(const ConvShape& s, const ConvArgs<bf16>& a, cudaStream_t stream) {
+  constexpr ConvPass kPass = kDgrad ? ConvPass::BackwardData : ConvPass::Forward;
+  const bf16* src = kDgrad ? a.dy : a.x;  // the gathered activation
+  const int64_t C = kDgrad ? s.Cout : s.Cin, plane = kDgrad ? s.OH * s.OW : s.H * s.W;
+  const Path path = path_of(s, kPass, detail::aligned_to(src, 16) && detail::aligned_to(a.w, 16));
   if (path == Path::None) return false;
-  const Dims d = dims(s, ConvPass::Forward);
+  const Dims d = dims(s, kPass);
   Params p = gemm_params(d, whole_k(d));
-  p.bias = a.bias;
-  set_nchw_out(p, a.y, s.OH * s.OW, Out::Store);
+  p.bias = kDgrad ? nullptr : a.bias;
+  if constexpr (kDgrad) {
+    set_nchw_out(p, a.dx, s.H * s.W, Out::Add);
+  } else {
+    set_nchw_out(p, a.y, s.OH * s.OW, Out::Store);
+  }
   if (path == Path::Direct) {
-    p.a = dense(a.w, d.M, d.K);
-    p.b = dense(a.x, d.Ng, d.K);
-    p.b.nchw = nchw_geom(s.N, s.Cin, s.H * s.W);
-    launch<DenseK, NchwMn>(p, 1, stream);
+    p.a = dense(a.w, d.M, d.K);  // W [Cout][Cin]: forward's A (K-major); backward-data's A^T (MN-major)
+    p.b = dense(src, d.Ng, d.K);
+    p.b.nchw = nchw_geom(s.N, C, plane);
+    if constexpr (kDgrad) {
+      launch<DenseMn, NchwMn>(p, 1, stream);
+    } else {
+      launch<DenseK, NchwMn>(p, 1, stream);
+    }
     return true;
   }
-  const int64_t Cinp = pad8(s.Cin);
+  const int64_t Cp = pad8(C), KHW = s.KH * s.KW;
   Carve ws{static_cast<unsigned char*>(a.workspace)};
-  bf16* wt = ws.take<bf16>(size_t(d.M * d.K));
-  bf16* xt = ws.take<bf16>(size_t(s.N * s.H * s.W * Cinp));
-  transpose(s.Cout, s.Cin, s.KH * s.KW, Cinp, a.w, wt, stream);  // [Cout][Cin][KHW] -> [Cout][KHW][Cinp]
-  transpose(s.N, s.Cin, s.H * s.W, Cinp, a.x, xt, stream);       // NCHW -> NHWC
-  p.a = dense(wt, d.M, d.K);
-  p.b = dense(xt, d.Ng, d.K);
-  p.b.img = img_geom(s, false);
-  launch<DenseK, ImgKFwd>(p, 1, stream);
+  bf16* wk = ws.take<bf16>(size_t(d.M * d.K));
+  bf16* st = ws.take<bf16>(size_t(s.N * plane * Cp));
+  if constexpr (kDgrad) {
+    transpose(1, s.Cout, s.Cin * KHW, Cp, a.w, wk, stream);  // -> [Cin][KHW][Cout']
+  } else {
+    transpose(s.Cout, s.Cin, KHW, Cp, a.w, wk, stream);  // [Cout][Cin][KHW] -> [Cout][KHW][Cin']
+  }
+  transpose(s.N, C, plane, Cp, src, st, stream);  // NCHW -> NHWC
+  p.a = dense(wk, d.M, d.K);
+  p.b = dense(st, d.Ng, d.K);
+  p.b.img = img_geom(s, kDgrad);
+  if constexpr (kDgrad) {
+    launch<DenseK, ImgKDgrad>(p, 1, stream);
+  } else {
+    launch<DenseK, ImgKFwd>(p, 1, stream);
+  }
   return true;
 }
 
+}  // namespace
+
+bool forward(const ConvShape& s, const ConvArgs<bf16>& a, cudaStream_t stream) { return data_pass<false>(s, a, stream); }
 bool backward_data(const ConvShape& s, const ConvArgs<bf16>& a, cudaStream_t stream) {
-  const bool aligned = detail::aligned_to(a.dy, 16) && detail::aligned_to(a.w, 16);
-  const Path path = path_of(s, ConvPass::BackwardData, aligned);
-  if (path == Path::None) return false;
-  const Dims d = dims(s, ConvPass::BackwardData);
-  Params p = gemm_params(d, whole_k(d));
-  set_nchw_out(p, a.dx, s.H * s.W, Out::Add);
-  if (path == Path::Direct) {
-    p.a = dense(a.w, d.M, d.K);  // W [Cout][Cin] = A^T: [K][M], MN-major
-    p.b = dense(a.dy, d.Ng, d.K);
-    p.b.nchw = nchw_geom(s.N, s.Cout, s.OH * s.OW);
-    launch<DenseMn, NchwMn>(p, 1, stream);
-    return true;
-  }
-  const int64_t Coutp = pad8(s.Cout);
-  Carve ws{static_cast<unsigned char*>(a.workspace)};
-  bf16* wd = ws.take<bf16>(size_t(d.M * d.K));
-  bf16* dyt = ws.take<bf16>(size_t(s.N * s.OH * s.OW * Coutp));
-  transpose(1, s.Cout, s.Cin * s.KH * s.KW, Coutp, a.w, wd, stream);  // -> [Cin][KHW][Coutp]
-  transpose(s.N, s.Cout, s.OH * s.OW, Coutp, a.dy, dyt, stream);      // NCHW -> NHWC
-  p.a = dense(wd, d.M, d.K);
-  p.b = dense(dyt, d.Ng, d.K);
-  p.b.img = img_geom(s, true);
-  launch<DenseK, ImgKDgrad>(p, 1, stream);
-  return true;
+  return data_pass<true>(s, a, stream);
 }
 
 bool backward_filter(const ConvShape& s, const ConvArgs<bf16>& a, cudaStream_t stream) {
