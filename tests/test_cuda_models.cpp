@@ -48,6 +48,7 @@
 #include "tests/model_golden.h"
 
 #ifdef CLIPCU_WITH_CUDA
+#include "kernels/cuda/conv.cuh"
 #include "kernels/cuda/gemm.cuh"
 #endif
 
@@ -68,9 +69,12 @@ void float32_products(const char* gemm = "cublas") {
   setenv("CLIPCU_GEMM", gemm, 1);
   unsetenv("CLIPCU_TF32");
 }
-// " (CLIPCU_GEMM=x)" in the reports when not the default.
+// " (CLIPCU_GEMM=x)" in the reports when not the default, " (CLIPCU_CONV_KERNEL=y)" when set.
 std::string gemm_note(const char* gemm) {
-  return std::string(gemm) == "cublas" ? std::string() : std::string(" (CLIPCU_GEMM=") + gemm + ")";
+  std::string note = std::string(gemm) == "cublas" ? std::string() : std::string(" (CLIPCU_GEMM=") + gemm + ")";
+  const char* conv = std::getenv("CLIPCU_CONV_KERNEL");
+  if (conv && *conv) note += std::string(" (CLIPCU_CONV_KERNEL=") + conv + ")";
+  return note;
 }
 
 const char* precision_name(DType dt) { return dt == DType::BF16 ? "bf16" : "fp32"; }
@@ -607,6 +611,22 @@ CLIPCU_GPU_TEST("GPU bf16: clip_rn_tiny inference features and logits within the
 }
 CLIPCU_GPU_TEST("GPU bf16: clip_rn_tiny training, gradients, AdamW with float32 masters") {
   check_gpu_training("clip_rn_tiny", DType::BF16);
+}
+CLIPCU_GPU_TEST("GPU bf16: clip_rn_tiny inference and training through our own convolutions (tensorcore; wgmma on Hopper)") {
+  // the same checks and bounds as the two cases above, with every convolution on our tensor-core
+  // kernels instead of the default cuDNN
+  std::vector<const char*> convs = {"tensorcore"};
+#ifdef CLIPCU_WITH_CUDA
+  if (cuda::conv_wgmma_available(0)) convs.push_back("wgmma");
+#endif
+  struct Unset {  // the variable goes with the test case, also when a check throws
+    ~Unset() { unsetenv("CLIPCU_CONV_KERNEL"); }
+  } unset;
+  for (const char* conv : convs) {
+    setenv("CLIPCU_CONV_KERNEL", conv, 1);
+    check_gpu_eval("clip_rn_tiny", DType::BF16);
+    check_gpu_training("clip_rn_tiny", DType::BF16);
+  }
 }
 
 // ---------------------------------------------------------------- GPU: allocator, free functions
