@@ -406,9 +406,10 @@ CLIPCU_GPU_TEST("cuda conv2d: wgmma smoke test, each path and pass against the C
   }
   WorstError wf{"conv2d wgmma smoke forward bf16", 0.0, {}}, wd{"conv2d wgmma smoke backward-data bf16", 0.0, {}};
   WorstError ww{"conv2d wgmma smoke backward-filter bf16", 0.0, {}};
-  // the NHWC path (3x3, padding; the stem's 3 and 5 channels padded to 8) and the direct path
-  // (1x1, H W % 8 == 0), on both tiles (M <= 64: 64 x 256; else 128 x 128)
-  conv_case<bf16>({3, 32, 7, 7, 32, 3, 1, 1, "3x3-fast"}, Fill::Random, true, 77, wf, wd, ww, cuda::ConvKernel::Wgmma);
+  // the NHWC path (3x3, padding; backward-filter reading dy in place at 8x8 and from a copy at
+  // the stem's 6x5; the stem's 3 and 5 channels padded to 8) and the direct path (1x1,
+  // H W % 8 == 0), on both tiles (M <= 64: 64 x 256; else 128 x 128)
+  conv_case<bf16>({3, 32, 8, 8, 32, 3, 1, 1, "3x3-8x8"}, Fill::Random, true, 77, wf, wd, ww, cuda::ConvKernel::Wgmma);
   conv_case<bf16>({2, 3, 11, 9, 5, 3, 2, 1, "stem-s2"}, Fill::Random, true, 79, wf, wd, ww, cuda::ConvKernel::Wgmma);
   conv_case<bf16>({3, 128, 4, 6, 136, 1, 1, 0, "1x1-direct"}, Fill::Random, true, 78, wf, wd, ww,
                   cuda::ConvKernel::Wgmma);
@@ -659,9 +660,15 @@ void gather_case(const GatherCase& c, bool direct, WorstError& worst) {
       }
       for (int64_t ci = 0; ci < c.Cin; ++ci) dx[nchw(c.Cin, HW, ci, p)] = acc[size_t(ci)];
     }
-    // backward-filter: C[co][n] = sum_p dyt[p][co] B[p][n], n = (kh kw) Cinp + ci, rows p in steps
-    // of one, past the last pixel zeros; dw[co][ci][khw] = C[co][khw Cinp + ci] for ci < Cin
+    // backward-filter: C[co][n] = sum_p A[co][p] B[p][n], n = (kh kw) Cinp + ci, rows p in steps
+    // of one, past the last pixel zeros; dw[co][ci][khw] = C[co][khw Cinp + ci] for ci < Cin.
+    // A = dy: in place (chunks of 8 pixels of a channel) when OH OW % 8 == 0, else dyt[p][co]
     const int64_t Ng = KHW * Cinp;
+    const cg::NchwGeom gy = cg::nchw_geom(c.N, c.Cout, OHW);
+    auto dy_at = [&](int64_t co, int64_t p) {
+      if (OHW % 8 != 0) return dyt[size_t(p * Coutp + co)];
+      return chunk_at(dy, cg::nchw_offset(gy, p / 8 * 8, co))[size_t(p % 8)];
+    };
     for (int64_t n0 = 0; n0 < Ng; n0 += 8) {
       const cg::ImgChunk ch = cg::img_chunk(gf, n0, Ng);
       for (int64_t p = 0; p < stage_round(P); ++p) {
@@ -674,8 +681,7 @@ void gather_case(const GatherCase& c, bool direct, WorstError& worst) {
         for (int e = 0; e < 8; ++e) {
           const int64_t n = n0 + e, khw = n / Cinp, ci = n % Cinp;
           if (ci >= c.Cin) continue;  // a padding column of C: the reduction skips it
-          for (int64_t co = 0; co < c.Cout; ++co)
-            dw[size_t((co * c.Cin + ci) * KHW + khw)] += dyt[size_t(p * Coutp + co)] * b[size_t(e)];
+          for (int64_t co = 0; co < c.Cout; ++co) dw[size_t((co * c.Cin + ci) * KHW + khw)] += dy_at(co, p) * b[size_t(e)];
         }
       }
     }
@@ -754,7 +760,7 @@ TEST_CASE("cuda conv host: the wgmma convolution's gathers compute the convoluti
                               GatherCase{1, 24, 11, 9, 8, 5, 5, 2, 2}, GatherCase{2, 8, 8, 8, 24, 4, 4, 4, 0},
                               GatherCase{2, 72, 5, 3, 16, 1, 1, 1, 0}, GatherCase{1, 8, 6, 6, 8, 3, 1, 1, 0},
                               GatherCase{2, 3, 11, 9, 5, 3, 3, 2, 1}, GatherCase{1, 13, 7, 6, 70, 3, 3, 1, 1},
-                              GatherCase{2, 5, 6, 7, 3, 2, 2, 2, 0}})
+                              GatherCase{2, 5, 6, 7, 3, 2, 2, 2, 0}, GatherCase{2, 16, 8, 6, 24, 3, 3, 1, 1}})
     gather_case(c, false, worst);
   // direct 1x1: H W % 8 == 0, the pixel count past and at a 64 boundary
   for (const GatherCase& c : {GatherCase{3, 16, 4, 6, 24, 1, 1, 1, 0}, GatherCase{2, 72, 4, 8, 8, 1, 1, 1, 0}})

@@ -8,16 +8,18 @@
 //   pass             M      N             K            A (tile)                  B (tile)
 //   forward          Cout   N OH OW       KH KW Cin'   W [Cout][KH KW Cin'] (K)  x gathered (K)
 //   backward-data    Cin    N H W         KH KW Cout'  W [Cin][KH KW Cout'] (K)  dy gathered (K)
-//   backward-filter  Cout   KH KW Cin'    N OH OW      dy (MN)                   x gathered (MN)
+//   backward-filter  Cout   KH KW Cin'    N OH OW      dy (K or MN)              x gathered (MN)
 // (C' = C rounded up to a multiple of 8 on the Nhwc path, C itself on the Direct path)
 //
 // Nhwc path (any kernel, stride, padding and channel count): the activations a pass gathers are
-// first copied to NHWC (x for forward and backward-filter, dy for backward-data and
-// backward-filter) with the channels padded with zeros to a multiple of 8, so that a chunk is 8
-// channels of one pixel at one kernel offset, zero outside the image (and, for backward-data with
-// stride > 1, where the stride does not divide). The weights are copied to the (kh, kw, c) order
-// of K, padded the same way (the stem's Cin = 3 becomes 8: K = 72 for its 3x3). All copies are
-// one batched transpose kernel, in the caller's workspace and inside the pass's time.
+// first copied to NHWC (x for forward and backward-filter, dy for backward-data) with the
+// channels padded with zeros to a multiple of 8, so that a chunk is 8 channels of one pixel at one
+// kernel offset, zero outside the image (and, for backward-data with stride > 1, where the stride
+// does not divide). Backward-filter's dy (A) is read in place as on the direct path (K-major
+// chunks of 8 pixels) when OH OW % 8 == 0, else from an NHWC copy too. The weights are copied to
+// the (kh, kw, c) order of K, padded the same way (the stem's Cin = 3 becomes 8: K = 72 for its
+// 3x3). All copies are one batched transpose kernel, in the caller's workspace and inside the
+// pass's time.
 // Direct path (1x1, stride 1, no padding, H W % 8 == 0, 16-byte aligned tensors, Cin and Cout
 // multiples of 8): the products are plain GEMMs over NCHW, no copies: forward A = W [Cout][Cin]
 // and B = x as [Cin][pixels] (MN-major chunks of 8 pixels), backward-data A = W^T (MN-major)
@@ -572,15 +574,24 @@ bool backward_filter(const ConvShape& s, const ConvArgs<bf16>& a, cudaStream_t s
     p.b.nchw = nchw_geom(s.N, s.Cin, s.H * s.W);
     launch<NchwK, NchwK>(p, sp.splits, stream);
   } else {
+    // x is gathered from its NHWC copy; dy (A) is read in place as the direct path does when its
+    // planes are whole chunks of 8 pixels (RN50's 112, 56 and 28 pixel layers), else from a copy
+    const bool dy_in_place = (s.OH * s.OW) % 8 == 0 && detail::aligned_to(a.dy, 16);
     bf16* xt = ws.take<bf16>(size_t(s.N * s.H * s.W * Cinp));
     bf16* dyt = ws.take<bf16>(size_t(s.N * s.OH * s.OW * Coutp));
     p.partial = ws.take<float>(size_t(sp.splits * d.M * d.Ng));
     transpose(s.N, s.Cin, s.H * s.W, Cinp, a.x, xt, stream);
-    transpose(s.N, s.Cout, s.OH * s.OW, Coutp, a.dy, dyt, stream);
-    p.a = dense(dyt, Coutp, d.K);  // [pixels][Coutp] = [K][M], MN-major (rows Coutp long)
     p.b = dense(xt, d.Ng, d.K);
     p.b.img = img_geom(s, false);
-    launch<DenseMn, ImgMn, false>(p, sp.splits, stream);
+    if (dy_in_place) {
+      p.a = dense(a.dy, d.M, d.K);
+      p.a.nchw = nchw_geom(s.N, s.Cout, s.OH * s.OW);
+      launch<NchwK, ImgMn, false>(p, sp.splits, stream);
+    } else {
+      transpose(s.N, s.Cout, s.OH * s.OW, Coutp, a.dy, dyt, stream);
+      p.a = dense(dyt, Coutp, d.K);  // [pixels][Coutp] = [K][M], MN-major (rows Coutp long)
+      launch<DenseMn, ImgMn, false>(p, sp.splits, stream);
+    }
   }
   const int64_t total = s.Cout * s.Cin * s.KH * s.KW;
   const int64_t blocks = std::min<int64_t>((total + 255) / 256, 65536);
