@@ -330,32 +330,45 @@ void launch(const Params& p, int64_t splits, cudaStream_t stream) {
 }
 
 // ---------------------------------------------------------------- copies and the dw reduction
-// out[b][s][r] = in[b][r][s] for r < R, 0 for R <= r < ld (a batch of R x S transposes through
-// 32 x 32 shared tiles, output rows padded to ld): NCHW -> NHWC with the channels padded to a
-// multiple of 8 (b = image, r = channel, s = pixel), and the weight reorders.
-// grid: (ceil(S / 32), ceil(ld / 32), B) with B <= 65535; block: (32, 8).
+// out[b][s][r] = in[b][r][s] for r < R, 0 for R <= r < ld (ld % 8 == 0, out 16-byte aligned): a
+// batch of R x S transposes with the output rows padded to ld: NCHW -> NHWC with the channels
+// padded to a multiple of 8 (b = image, r = channel, s = pixel), and the weight reorders. A block
+// moves a 64 x 64 tile through shared memory: 16 coalesced 2-byte loads per thread in flight
+// (consecutive threads, consecutive s), then two 16-byte stores of 8 consecutive r.
+// grid: (ceil(S / 64), ceil(ld / 64), B) with B <= 65535; block: 256 threads.
+constexpr int kTrTile = 64, kTrLd = kTrTile + 2;  // +2: column reads of the tile mostly conflict-free
 __global__ void __launch_bounds__(256) transpose_kernel(int64_t R, int64_t S, int64_t ld, const bf16* in, bf16* out) {
-  __shared__ bf16 tile[32][33];
-  const int64_t b = blockIdx.z, r0 = int64_t(blockIdx.y) * 32, s0 = int64_t(blockIdx.x) * 32;
+  __shared__ bf16 tile[kTrTile][kTrLd];  // [r][s]
+  const int64_t b = blockIdx.z, r0 = int64_t(blockIdx.y) * kTrTile, s0 = int64_t(blockIdx.x) * kTrTile;
   const bf16* src = in + b * R * S;
   bf16* dst = out + b * ld * S;
-  for (int i = int(threadIdx.y); i < 32; i += 8) {
-    const int64_t r = r0 + i, s = s0 + threadIdx.x;
-    if (s < S) tile[i][threadIdx.x] = r < R ? src[r * S + s] : from_float<bf16>(0.f);
+  const int tid = int(threadIdx.x);
+#pragma unroll
+  for (int i = 0; i < kTrTile / 4; ++i) {
+    const int r = tid / kTrTile + 4 * i, sl = tid % kTrTile;
+    const int64_t gr = r0 + r, gs = s0 + sl;
+    tile[r][sl] = gr < R && gs < S ? src[gr * S + gs] : from_float<bf16>(0.f);
   }
   __syncthreads();
-  for (int i = int(threadIdx.y); i < 32; i += 8) {
-    const int64_t s = s0 + i, r = r0 + threadIdx.x;
-    if (r < ld && s < S) dst[s * ld + r] = tile[threadIdx.x][i];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int q = tid + 256 * i, r8 = q % (kTrTile / 8), sl = q / (kTrTile / 8);  // 8 r-chunks per s
+    const int64_t gs = s0 + sl, gr = r0 + 8 * r8;
+    if (gs >= S || gr >= ld) continue;
+    Vec<bf16, 8> v;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v.v[j] = tile[8 * r8 + j][sl];
+    *reinterpret_cast<Vec<bf16, 8>*>(dst + gs * ld + gr) = v;
   }
 }
 
 void transpose(int64_t B, int64_t R, int64_t S, int64_t ld, const bf16* in, bf16* out, cudaStream_t stream) {
   if (B * ld * S == 0) return;
-  const int64_t gs = (S + 31) / 32, gr = (ld + 31) / 32;
-  CLIPCU_CUDA_REQUIRE(B <= 65535 && gr <= 65535 && gs <= INT32_MAX,
-                      "conv2d (wgmma): transpose of " << B << " x " << R << " x " << S << " too large");
-  transpose_kernel<<<dim3(unsigned(gs), unsigned(gr), unsigned(B)), dim3(32, 8), 0, stream>>>(R, S, ld, in, out);
+  const int64_t gs = (S + kTrTile - 1) / kTrTile, gr = (ld + kTrTile - 1) / kTrTile;
+  CLIPCU_CUDA_REQUIRE(B <= 65535 && gr <= 65535 && gs <= INT32_MAX && ld % 8 == 0 && ld >= R &&
+                          detail::aligned_to(out, 16),
+                      "conv2d (wgmma): transpose of " << B << " x " << R << " x " << S << " to rows of " << ld);
+  transpose_kernel<<<dim3(unsigned(gs), unsigned(gr), unsigned(B)), 256, 0, stream>>>(R, S, ld, in, out);
   CLIPCU_CUDA_CHECK_LAUNCH("transpose_kernel");
 }
 
