@@ -730,6 +730,32 @@ void gather_case(const GatherCase& c, bool direct, WorstError& worst) {
   expect_close(dw, dw_ref, 1e-12, label + " dw", worst);
 }
 
+// Every (row, chunk) of a stage tile exactly once over the 256 loader threads.
+template <class Roles>
+void check_roles(int rows, int chunks, const char* what) {
+  std::vector<int> seen(size_t(rows * chunks), 0);
+  for (int tid = 0; tid < cg::kLoaderThreads; ++tid)
+    for (int i = 0; i < Roles::kPer; ++i) {
+      const int r = Roles::row(tid, i), c = Roles::ct(tid);
+      const bool inside = r >= 0 && r < rows && c >= 0 && c < chunks;
+      REQUIRE_MESSAGE(inside, what << ": thread " << tid << " copies (" << r << ", " << c << ") outside the tile");
+      ++seen[size_t(r * chunks + c)];
+    }
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < chunks; ++c)
+      CHECK_MESSAGE(seen[size_t(r * chunks + c)] == 1,
+                    what << ": chunk (" << r << ", " << c << ") copied " << seen[size_t(r * chunks + c)] << " times");
+}
+
+TEST_CASE("cuda conv host: the wgmma loaders' threads cover every chunk of a stage tile once") {
+  check_roles<cg::KMajorRoles<64>>(64, 8, "K-major 64 rows");
+  check_roles<cg::KMajorRoles<128>>(128, 8, "K-major 128 rows");
+  check_roles<cg::KMajorRoles<256>>(256, 8, "K-major 256 rows");
+  check_roles<cg::MnMajorRoles<64>>(cg::kStageK, 8, "MN-major 64 columns");
+  check_roles<cg::MnMajorRoles<128>>(cg::kStageK, 16, "MN-major 128 columns");
+  check_roles<cg::MnMajorRoles<256>>(cg::kStageK, 32, "MN-major 256 columns");
+}
+
 TEST_CASE("cuda conv host: FastDiv divides exactly (the wgmma gathers' 32-bit division)") {
   Rng rng(11);
   std::vector<uint32_t> divisors = {1, 2, 3, 5, 7, 8, 9, 49, 56, 196, 784, 3136, 12544, 50176, 65535, 65536, 100000007u,

@@ -21,6 +21,29 @@
 
 namespace clipcu::cuda::conv_gather {
 
+// Which chunks of a stage tile a loader thread copies (256 threads; consecutive threads copy
+// consecutive chunks of a row, so global reads coalesce). A tile has kRows rows along M or N and
+// 64 along K, in 16-byte chunks of 8 elements:
+//   K-major (rows along M or N, 8 chunks of K each): chunk column ct = tid % 8, rows
+//     rt + 32 i (rt = tid / 8), i < kRows / 32;
+//   MN-major (64 rows along K, kRows / 8 chunks of M or N each): chunk column
+//     ct = tid % (kRows / 8), rows rt + step i (rt = tid / (kRows / 8), step = 256 / (kRows / 8)),
+//     i < 64 / step.
+// Every chunk of the tile once (tests/test_cuda_conv.cpp checks it).
+constexpr int kLoaderThreads = 256, kStageK = 64;
+template <int kRows>
+struct KMajorRoles {
+  static constexpr int kPer = kRows / 32;
+  CLIPCU_CONV_HD static int ct(int tid) { return tid % 8; }
+  CLIPCU_CONV_HD static int row(int tid, int i) { return tid / 8 + 32 * i; }
+};
+template <int kRows>
+struct MnMajorRoles {
+  static constexpr int kChunks = kRows / 8, kStep = kLoaderThreads / kChunks, kPer = kStageK / kStep;
+  CLIPCU_CONV_HD static int ct(int tid) { return tid % kChunks; }
+  CLIPCU_CONV_HD static int row(int tid, int i) { return tid / kChunks + kStep * i; }
+};
+
 // Division of unsigned 32-bit numerators below 2^31 by a fixed divisor in [1, 2^31) with a
 // multiply-high, an add and a shift: q = (umulhi(n, m) + n) >> s, s = ceil(log2 d),
 // m = floor(2^32 (2^s - d) / d) + 1 (m < 2^32). umulhi(n, m) <= n < 2^31, so the add cannot wrap.

@@ -47,6 +47,7 @@ namespace {
 using namespace conv_gather;
 using tc::BK;
 using tc::kThreads;
+static_assert(kLoaderThreads == kThreads && kStageK == BK, "conv_gather.h's loader roles fit the pipeline");
 // backward-filter split-K: about two waves of a 132-SM GPU (a constant, not the device's SM
 // count, so that the partial sums and their order do not depend on the machine)
 constexpr int64_t kSplitTargetBlocks = 264;
@@ -75,24 +76,17 @@ struct Operand {
 };
 
 #if CLIPCU_HAS_WGMMA  // the loaders exist in sm_90a device code only (the kernel's body)
-// Thread roles in a stage tile of kRows rows along M or N (256 threads; consecutive threads copy
-// consecutive chunks of a row). K-major (kRows rows of 64 k): chunk column ct = tid % 8, rows
-// rt + 32 i, i < kRows / 32. MN-major (64 rows along k, kRows / 8 chunks each): chunk column
-// ct = tid % (kRows / 8), rows rt + step i, step = 256 / (kRows / 8), i < 64 / step.
-template <int kRows>
-struct KMaj {
-  static constexpr int kPer = kRows / 32;
-  __device__ static int ct() { return int(threadIdx.x) % 8; }
-  __device__ static int rt() { return int(threadIdx.x) / 8; }
-  __device__ static int row(int i) { return rt() + 32 * i; }
+// Thread roles in a stage tile: conv_gather.h's KMajorRoles / MnMajorRoles for this thread.
+template <class Roles>
+struct Role {
+  static constexpr int kPer = Roles::kPer;
+  __device__ static int ct() { return Roles::ct(int(threadIdx.x)); }
+  __device__ static int row(int i) { return Roles::row(int(threadIdx.x), i); }
 };
 template <int kRows>
-struct MnMaj {
-  static constexpr int kChunks = kRows / 8, kStep = kThreads / kChunks, kPer = BK / kStep;
-  __device__ static int ct() { return int(threadIdx.x) % kChunks; }
-  __device__ static int rt() { return int(threadIdx.x) / kChunks; }
-  __device__ static int row(int i) { return rt() + kStep * i; }
-};
+using KMaj = Role<KMajorRoles<kRows>>;
+template <int kRows>
+using MnMaj = Role<MnMajorRoles<kRows>>;
 
 __device__ __forceinline__ void copy_chunk(bf16* dst, const bf16* base, int64_t off) {
   tc::cp_async16(dst, off >= 0 ? base + off : base, off >= 0 ? 16 : 0);
