@@ -614,52 +614,43 @@ void gather_case(const GatherCase& c, bool direct, WorstError& worst) {
     const cg::ImgGeom gf = cg::img_geom(Cinp, c.H, c.W, d.OH, d.OW, c.KW, c.stride, c.pad);
     const cg::ImgGeom gd = cg::img_geom(Coutp, d.OH, d.OW, c.H, c.W, c.KW, c.stride, c.pad);
     // forward: y[co][p] = sum_k Wt[co][k] B[k][p], Wt[co][(kh kw) Cinp + ci] = w[co][ci][kh][kw]
-    // (0 for ci >= Cin)
-    const int64_t Kf = KHW * Cinp;
-    for (int64_t p = 0; p < P; ++p) {
-      const cg::ImgRow row = cg::img_row<false>(gf, p, P);
-      std::vector<double> acc(size_t(c.Cout), 0.0);
-      for (int64_t k0 = 0; k0 < stage_round(Kf); k0 += 8) {
-        const int64_t off = cg::img_offset<false>(gf, row, cg::img_chunk(gf, k0, Kf));
-        if (k0 >= Kf) {
-          REQUIRE_MESSAGE(off == -1, label << ": forward chunk past K at " << k0 << " not zero");
-          continue;
-        }
-        const std::array<double, 8> b = chunk_at(xt, off);
-        for (int e = 0; e < 8; ++e) {
-          const int64_t k = k0 + e, khw = k / Cinp, ci = k % Cinp;
-          if (ci >= c.Cin) {  // a padding channel: the copy of x holds zero there
-            REQUIRE_MESSAGE(b[size_t(e)] == 0.0, label << ": forward padding channel " << ci << " not zero");
+    // (0 for ci >= Cin), B gathered from xt; backward-data: dx[ci][p] = sum_k Wd[ci][k] B[k][p],
+    // Wd[ci][(kh kw) Coutp + co] = w[co][ci][kh][kw], B gathered from dyt
+    auto data_pass = [&](auto dgrad_tag) {
+      constexpr bool kDgrad = decltype(dgrad_tag)::value;
+      const cg::ImgGeom& g = kDgrad ? gd : gf;
+      const std::vector<double>& src = kDgrad ? dyt : xt;
+      const int64_t M = kDgrad ? c.Cin : c.Cout, C = kDgrad ? c.Cout : c.Cin, Cp = kDgrad ? Coutp : Cinp;
+      const int64_t rows = kDgrad ? Pin : P, plane = kDgrad ? HW : OHW, K = KHW * Cp;
+      std::vector<double>& out = kDgrad ? dx : y;
+      const char* what = kDgrad ? "backward-data" : "forward";
+      for (int64_t p = 0; p < rows; ++p) {
+        const cg::ImgRow row = cg::img_row<kDgrad>(g, p, rows);
+        std::vector<double> acc(size_t(M), 0.0);
+        for (int64_t k0 = 0; k0 < stage_round(K); k0 += 8) {
+          const int64_t off = cg::img_offset<kDgrad>(g, row, cg::img_chunk(g, k0, K));
+          if (k0 >= K) {
+            REQUIRE_MESSAGE(off == -1, label << ": " << what << " chunk past K at " << k0 << " not zero");
             continue;
           }
-          for (int64_t co = 0; co < c.Cout; ++co) acc[size_t(co)] += w[size_t((co * c.Cin + ci) * KHW + khw)] * b[size_t(e)];
-        }
-      }
-      for (int64_t co = 0; co < c.Cout; ++co) y[nchw(c.Cout, OHW, co, p)] = acc[size_t(co)];
-    }
-    // backward-data: dx[ci][p] = sum_k Wd[ci][k] B[k][p], Wd[ci][(kh kw) Coutp + co] = w[co][ci][kh][kw]
-    const int64_t Kd = KHW * Coutp;
-    for (int64_t p = 0; p < Pin; ++p) {
-      const cg::ImgRow row = cg::img_row<true>(gd, p, Pin);
-      std::vector<double> acc(size_t(c.Cin), 0.0);
-      for (int64_t k0 = 0; k0 < stage_round(Kd); k0 += 8) {
-        const int64_t off = cg::img_offset<true>(gd, row, cg::img_chunk(gd, k0, Kd));
-        if (k0 >= Kd) {
-          REQUIRE_MESSAGE(off == -1, label << ": backward-data chunk past K at " << k0 << " not zero");
-          continue;
-        }
-        const std::array<double, 8> b = chunk_at(dyt, off);
-        for (int e = 0; e < 8; ++e) {
-          const int64_t k = k0 + e, khw = k / Coutp, co = k % Coutp;
-          if (co >= c.Cout) {
-            REQUIRE_MESSAGE(b[size_t(e)] == 0.0, label << ": backward-data padding channel " << co << " not zero");
-            continue;
+          const std::array<double, 8> b = chunk_at(src, off);
+          for (int e = 0; e < 8; ++e) {
+            const int64_t k = k0 + e, khw = k / Cp, ch = k % Cp;
+            if (ch >= C) {  // a padding channel: the copy holds zero there
+              REQUIRE_MESSAGE(b[size_t(e)] == 0.0, label << ": " << what << " padding channel " << ch << " not zero");
+              continue;
+            }
+            for (int64_t m = 0; m < M; ++m) {
+              const int64_t co = kDgrad ? ch : m, ci = kDgrad ? m : ch;
+              acc[size_t(m)] += w[size_t((co * c.Cin + ci) * KHW + khw)] * b[size_t(e)];
+            }
           }
-          for (int64_t ci = 0; ci < c.Cin; ++ci) acc[size_t(ci)] += w[size_t((co * c.Cin + ci) * KHW + khw)] * b[size_t(e)];
         }
+        for (int64_t m = 0; m < M; ++m) out[nchw(M, plane, m, p)] = acc[size_t(m)];
       }
-      for (int64_t ci = 0; ci < c.Cin; ++ci) dx[nchw(c.Cin, HW, ci, p)] = acc[size_t(ci)];
-    }
+    };
+    data_pass(std::false_type{});
+    data_pass(std::true_type{});
     // backward-filter: C[co][n] = sum_p A[co][p] B[p][n], n = (kh kw) Cinp + ci, rows p in steps
     // of one, past the last pixel zeros; dw[co][ci][khw] = C[co][khw Cinp + ci] for ci < Cin.
     // A = dy: in place (chunks of 8 pixels of a channel) when OH OW % 8 == 0, else dyt[p][co]
