@@ -886,22 +886,16 @@ void check_common(const ConvShape& s, const ConvArgs<T>& a, Pass pass, const cha
   CLIPCU_CUDA_REQUIRE(need == 0 || detail::aligned_to(a.workspace, 256), what << ": workspace not 256-byte aligned");
 }
 
-// Wgmma: bf16 products go to conv_wgmma.cu (which needs a device that runs wgmma), float ones
-// to the TensorCore kernel.
-template <class T>
+// Wgmma: bf16 products go to conv_wgmma.cu (which needs a device that runs wgmma; the
+// launchers ask only for bf16), float ones to the TensorCore kernel.
 bool use_wgmma(const ConvShape& s, const char* what) {
-  if (s.kernel != ConvKernel::Wgmma || !std::is_same_v<T, bf16>) return false;
+  if (s.kernel != ConvKernel::Wgmma) return false;
   int device = 0;
   CLIPCU_CUDA_CHECK(cudaGetDevice(&device));
   CLIPCU_CUDA_REQUIRE(conv_wgmma_available(device), what << ": the wgmma kernel needs a Hopper GPU (compute "
                                                             "capability 9.x), a build with sm_90a code, and "
                                                             "CLIPCU_WGMMA / CLIPCU_CONV_WGMMA not 0");
   return true;
-}
-// The bf16 view of the arguments (only called when T is bf16).
-template <class T>
-const ConvArgs<bf16>& to_bf16(const ConvArgs<T>& a) {
-  return reinterpret_cast<const ConvArgs<bf16>&>(a);
 }
 
 }  // namespace
@@ -969,7 +963,8 @@ void conv2d_forward(const ConvShape& s, const ConvArgs<T>& a, cudaStream_t strea
     CLIPCU_CUDA_REQUIRE(false, "conv2d_forward: this build has no cuDNN (ConvKernel::Cudnn)");
 #endif
   }
-  if (use_wgmma<T>(s, "conv2d_forward") && convwg::forward(s, to_bf16(a), stream)) return;
+  if constexpr (std::is_same_v<T, bf16>)
+    if (use_wgmma(s, "conv2d_forward") && convwg::forward(s, a, stream)) return;
   const GemmDims gd = gemm_dims(s, Pass::Fwd);
   IgemmParams<T> p;
   p.M = gd.M, p.Ng = gd.Ng, p.K = gd.K;
@@ -1025,7 +1020,8 @@ void conv2d_backward_data(const ConvShape& s, const ConvArgs<T>& a, cudaStream_t
     CLIPCU_CUDA_REQUIRE(false, "conv2d_backward_data: this build has no cuDNN (ConvKernel::Cudnn)");
 #endif
   }
-  if (use_wgmma<T>(s, "conv2d_backward_data") && convwg::backward_data(s, to_bf16(a), stream)) return;
+  if constexpr (std::is_same_v<T, bf16>)
+    if (use_wgmma(s, "conv2d_backward_data") && convwg::backward_data(s, a, stream)) return;
   const GemmDims gd = gemm_dims(s, Pass::Dgrad);
   IgemmParams<T> p;
   p.M = gd.M, p.Ng = gd.Ng, p.K = gd.K;
@@ -1086,7 +1082,8 @@ void conv2d_backward_filter(const ConvShape& s, const ConvArgs<T>& a, cudaStream
     CLIPCU_CUDA_REQUIRE(false, "conv2d_backward_filter: this build has no cuDNN (ConvKernel::Cudnn)");
 #endif
   }
-  if (use_wgmma<T>(s, "conv2d_backward_filter") && convwg::backward_filter(s, to_bf16(a), stream)) return;
+  if constexpr (std::is_same_v<T, bf16>)
+    if (use_wgmma(s, "conv2d_backward_filter") && convwg::backward_filter(s, a, stream)) return;
   const GemmDims gd = gemm_dims(s, Pass::Wgrad);
   const Split sp = wgrad_split(s, Cfg<T>::BK);
   IgemmParams<T> p;
