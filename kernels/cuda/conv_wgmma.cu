@@ -183,7 +183,7 @@ struct NchwMn {
   }
 };
 // Rows (M or N) are channels, K pixels of an NCHW tensor (K-major): A and B of the 1x1
-// backward-filter.
+// backward-filter, and A (dy in place) of the NHWC backward-filter when OH OW % 8 == 0.
 template <int kRows>
 struct NchwK {
   static constexpr bool kMn = false;
