@@ -429,23 +429,50 @@ Split wgrad_split(const ConvShape& s, bool wide) {
   r.splits = (k_steps + steps - 1) / steps;
   return r;
 }
-size_t partial_bytes(const ConvShape& s, bool wide) {
-  const Dims d = dims(s, ConvPass::BackwardFilter);
-  return align256(size_t(wgrad_split(s, wide).splits) * size_t(d.M * d.Ng) * sizeof(float));
+// How a pass of a shape runs: Nhwc (activations gathered from NHWC copies with channels padded
+// to multiples of 8: any kernel size, stride, padding and channel count), Direct (1x1, stride 1,
+// no padding, H W % 8 == 0, channel counts multiples of 8, 16-byte aligned tensors: NCHW read in
+// place, no copies), or None (too large for the 32-bit pixel indices).
+enum class Path { None, Nhwc, Direct };
+Path path_of(const ConvShape& s, bool aligned) {
+  if (s.N <= 0) return Path::None;
+  if (aligned && direct_shape_ok(s)) return Path::Direct;
+  return nhwc_shape_ok(s) ? Path::Nhwc : Path::None;
 }
-size_t nhwc_x_bytes(const ConvShape& s) { return align256(size_t(s.N * s.H * s.W * pad8(s.Cin)) * 2); }
-size_t nhwc_dy_bytes(const ConvShape& s) { return align256(size_t(s.N * s.OH * s.OW * pad8(s.Cout)) * 2); }
 
-// Workspace carving: consecutive 256-byte aligned pieces.
+// Workspace carving: consecutive 256-byte aligned pieces from `base`; without a base only their
+// total (`used`), so that workspace_bytes() and the passes share one layout (scratch()).
 struct Carve {
-  unsigned char* p;
+  unsigned char* base = nullptr;
+  size_t used = 0;
   template <class T>
   T* take(size_t elems) {
-    T* r = reinterpret_cast<T*>(p);
-    p += align256(elems * sizeof(T));
+    T* r = base ? reinterpret_cast<T*>(base + used) : nullptr;
+    used += align256(elems * sizeof(T));
     return r;
   }
 };
+// The scratch of a pass on a path: the weight in the K order and the NHWC copies (Nhwc: forward
+// weight + x, backward-data weight + dy, backward-filter x + dy), then backward-filter's partial
+// sums (both paths). Pieces a pass does not use stay nullptr.
+struct Scratch {
+  bf16* weight = nullptr;
+  bf16* x = nullptr;
+  bf16* dy = nullptr;
+  float* partial = nullptr;
+};
+Scratch scratch(const ConvShape& s, ConvPass pass, Path path, Carve& ws) {
+  const Dims d = dims(s, pass);
+  Scratch r;
+  if (path == Path::Nhwc) {
+    if (pass != ConvPass::BackwardFilter) r.weight = ws.take<bf16>(size_t(d.M * d.K));
+    if (pass != ConvPass::BackwardData) r.x = ws.take<bf16>(size_t(s.N * s.H * s.W * pad8(s.Cin)));
+    if (pass != ConvPass::Forward) r.dy = ws.take<bf16>(size_t(s.N * s.OH * s.OW * pad8(s.Cout)));
+  }
+  if (pass == ConvPass::BackwardFilter)
+    r.partial = ws.take<float>(size_t(wgrad_split(s, path == Path::Direct).splits * d.M * d.Ng));
+  return r;
+}
 
 // forward and backward-filter gather x by the output grid; backward-data gathers dy by the
 // input's (the NHWC copies' channel counts padded)
@@ -473,35 +500,16 @@ int64_t whole_k(const Dims& d) { return std::max<int64_t>((d.K + BK - 1) / BK, 1
 
 }  // namespace
 
-const char* path_name(Path p) {
-  switch (p) {
-    case Path::None: return "none";
-    case Path::Nhwc: return "nhwc";
-    case Path::Direct: return "direct";
-  }
-  return "?";
-}
-
-Path path_of(const ConvShape& s, ConvPass pass, bool aligned) {
-  (void)pass;
-  if (s.N <= 0) return Path::None;
-  if (aligned && direct_shape_ok(s)) return Path::Direct;
-  return nhwc_shape_ok(s) ? Path::Nhwc : Path::None;
-}
-
 size_t workspace_bytes(const ConvShape& s, ConvPass pass) {
-  size_t direct = 0, nhwc = 0;
-  if (direct_shape_ok(s) && pass == ConvPass::BackwardFilter) direct = partial_bytes(s, true);
-  if (nhwc_shape_ok(s)) {
-    const size_t wf = align256(size_t(s.Cout * pad8(s.Cin) * s.KH * s.KW) * 2);
-    const size_t wd = align256(size_t(s.Cin * pad8(s.Cout) * s.KH * s.KW) * 2);
-    switch (pass) {
-      case ConvPass::Forward: nhwc = wf + nhwc_x_bytes(s); break;
-      case ConvPass::BackwardData: nhwc = wd + nhwc_dy_bytes(s); break;
-      case ConvPass::BackwardFilter: nhwc = nhwc_x_bytes(s) + nhwc_dy_bytes(s) + partial_bytes(s, false); break;
-    }
+  // the path depends on the pointers' alignment too: the larger of the two the shape allows
+  size_t bytes = 0;
+  for (Path path : {Path::Direct, Path::Nhwc}) {
+    if (path == Path::Direct ? !direct_shape_ok(s) : !nhwc_shape_ok(s)) continue;
+    Carve c;
+    scratch(s, pass, path, c);
+    bytes = std::max(bytes, c.used);
   }
-  return std::max(direct, nhwc);
+  return bytes;
 }
 
 namespace {
@@ -513,7 +521,7 @@ bool data_pass(const ConvShape& s, const ConvArgs<bf16>& a, cudaStream_t stream)
   constexpr ConvPass kPass = kDgrad ? ConvPass::BackwardData : ConvPass::Forward;
   const bf16* src = kDgrad ? a.dy : a.x;  // the gathered activation
   const int64_t C = kDgrad ? s.Cout : s.Cin, plane = kDgrad ? s.OH * s.OW : s.H * s.W;
-  const Path path = path_of(s, kPass, detail::aligned_to(src, 16) && detail::aligned_to(a.w, 16));
+  const Path path = path_of(s, detail::aligned_to(src, 16) && detail::aligned_to(a.w, 16));
   if (path == Path::None) return false;
   const Dims d = dims(s, kPass);
   Params p = gemm_params(d, whole_k(d));
@@ -536,8 +544,9 @@ bool data_pass(const ConvShape& s, const ConvArgs<bf16>& a, cudaStream_t stream)
   }
   const int64_t Cp = pad8(C), KHW = s.KH * s.KW;
   Carve ws{static_cast<unsigned char*>(a.workspace)};
-  bf16* wk = ws.take<bf16>(size_t(d.M * d.K));
-  bf16* st = ws.take<bf16>(size_t(s.N * plane * Cp));
+  const Scratch sc = scratch(s, kPass, path, ws);
+  bf16* const wk = sc.weight;
+  bf16* const st = kDgrad ? sc.dy : sc.x;
   if constexpr (kDgrad) {
     transpose(1, s.Cout, s.Cin * KHW, Cp, a.w, wk, stream);  // -> [Cin][KHW][Cout']
   } else {
@@ -564,7 +573,7 @@ bool backward_data(const ConvShape& s, const ConvArgs<bf16>& a, cudaStream_t str
 
 bool backward_filter(const ConvShape& s, const ConvArgs<bf16>& a, cudaStream_t stream) {
   const bool aligned = detail::aligned_to(a.x, 16) && detail::aligned_to(a.dy, 16);
-  const Path path = path_of(s, ConvPass::BackwardFilter, aligned);
+  const Path path = path_of(s, aligned);
   if (path == Path::None) return false;
   const Dims d = dims(s, ConvPass::BackwardFilter);
   const Split sp = wgrad_split(s, path == Path::Direct);
@@ -573,8 +582,9 @@ bool backward_filter(const ConvShape& s, const ConvArgs<bf16>& a, cudaStream_t s
   p.out_vec = d.Ng % 4 == 0;  // the partial sums start 256-byte aligned
   const int64_t Cinp = pad8(s.Cin), Coutp = pad8(s.Cout);
   Carve ws{static_cast<unsigned char*>(a.workspace)};
+  const Scratch sc = scratch(s, ConvPass::BackwardFilter, path, ws);
+  p.partial = sc.partial;
   if (path == Path::Direct) {
-    p.partial = ws.take<float>(size_t(sp.splits * d.M * d.Ng));
     p.a = dense(a.dy, d.M, d.K);
     p.a.nchw = nchw_geom(s.N, s.Cout, s.OH * s.OW);
     p.b = dense(a.x, d.Ng, d.K);
@@ -584,19 +594,16 @@ bool backward_filter(const ConvShape& s, const ConvArgs<bf16>& a, cudaStream_t s
     // x is gathered from its NHWC copy; dy (A) is read in place as the direct path does when its
     // planes are whole chunks of 8 pixels (RN50's 112, 56 and 28 pixel layers), else from a copy
     const bool dy_in_place = (s.OH * s.OW) % 8 == 0 && detail::aligned_to(a.dy, 16);
-    bf16* xt = ws.take<bf16>(size_t(s.N * s.H * s.W * Cinp));
-    bf16* dyt = ws.take<bf16>(size_t(s.N * s.OH * s.OW * Coutp));
-    p.partial = ws.take<float>(size_t(sp.splits * d.M * d.Ng));
-    transpose(s.N, s.Cin, s.H * s.W, Cinp, a.x, xt, stream);
-    p.b = dense(xt, d.Ng, d.K);
+    transpose(s.N, s.Cin, s.H * s.W, Cinp, a.x, sc.x, stream);
+    p.b = dense(sc.x, d.Ng, d.K);
     p.b.img = img_geom(s, false);
     if (dy_in_place) {
       p.a = dense(a.dy, d.M, d.K);
       p.a.nchw = nchw_geom(s.N, s.Cout, s.OH * s.OW);
       launch<NchwK, ImgMn, false>(p, sp.splits, stream);
     } else {
-      transpose(s.N, s.Cout, s.OH * s.OW, Coutp, a.dy, dyt, stream);
-      p.a = dense(dyt, Coutp, d.K);  // [pixels][Coutp] = [K][M], MN-major (rows Coutp long)
+      transpose(s.N, s.Cout, s.OH * s.OW, Coutp, a.dy, sc.dy, stream);
+      p.a = dense(sc.dy, Coutp, d.K);  // [pixels][Coutp] = [K][M], MN-major (rows Coutp long)
       launch<DenseMn, ImgMn, false>(p, sp.splits, stream);
     }
   }

@@ -11,16 +11,8 @@
 
 namespace clipcu::cuda::convwg {
 
-// How a pass of a shape runs on this kernel: Nhwc (activations gathered from NHWC copies with
-// channels padded to multiples of 8: any kernel size, stride, padding and channel count), Direct
-// (1x1, stride 1, no padding, H W % 8 == 0, channel counts multiples of 8: the NCHW tensors read
-// in place, no copies), or None (too large for 32-bit pixel indices).
-enum class Path { None, Nhwc, Direct };
-// `aligned`: the tensors of the pass are 16-byte aligned (Direct reads them with 16-byte copies).
-Path path_of(const ConvShape& s, ConvPass pass, bool aligned);
-const char* path_name(Path p);
-
-// Scratch of the pass on either path its shape allows (the larger); 0 when it has none.
+// Scratch of the pass on either of its paths the shape allows (the larger: the path also depends
+// on the pointers' alignment, see conv_wgmma.cu); 0 when it has none.
 size_t workspace_bytes(const ConvShape& s, ConvPass pass);
 
 // Enqueue the pass (semantics of conv2d_forward & co. in conv.cuh; the caller has validated the
