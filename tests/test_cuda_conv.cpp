@@ -189,6 +189,7 @@ std::vector<ConvCase> conv_cases() {
       {3, 128, 4, 6, 136, 1, 1, 0, "1x1-direct"},
       {2, 16, 9, 9, 24, 3, 2, 1, "3x3-s2"},
       {2, 64, 8, 8, 48, 1, 1, 0, "1x1-direct-64"},  // M <= 64: the 64 x 256 tile on the direct path
+      {2, 72, 8, 8, 80, 1, 2, 0, "1x1-s2"},  // RN50's downsample shortcut (NHWC path, 128 x 128 tiles)
   };
   if (small_run()) all.resize(6);
   return all;
@@ -407,14 +408,16 @@ CLIPCU_GPU_TEST("cuda conv2d: wgmma smoke test, each path and pass against the C
   WorstError wf{"conv2d wgmma smoke forward bf16", 0.0, {}}, wd{"conv2d wgmma smoke backward-data bf16", 0.0, {}};
   WorstError ww{"conv2d wgmma smoke backward-filter bf16", 0.0, {}};
   // the NHWC path (3x3, padding; backward-filter reading dy in place at 8x8 and from a copy at
-  // the stem's 6x5; the stem's 3 and 5 channels padded to 8) and the direct path (1x1,
-  // H W % 8 == 0), on both tiles (M <= 64: 64 x 256; else 128 x 128)
+  // the stem's 6x5; the stem's 3 and 5 channels padded to 8; a 1x1 stride 2 with more than 64
+  // channels on both sides: forward and backward-data on the 128 x 128 tile) and the direct path
+  // (1x1, H W % 8 == 0), on both tiles (M <= 64: 64 x 256; else 128 x 128)
   conv_case<bf16>({3, 32, 8, 8, 32, 3, 1, 1, "3x3-8x8"}, Fill::Random, true, 77, wf, wd, ww, cuda::ConvKernel::Wgmma);
   conv_case<bf16>({2, 3, 11, 9, 5, 3, 2, 1, "stem-s2"}, Fill::Random, true, 79, wf, wd, ww, cuda::ConvKernel::Wgmma);
   conv_case<bf16>({3, 128, 4, 6, 136, 1, 1, 0, "1x1-direct"}, Fill::Random, true, 78, wf, wd, ww,
                   cuda::ConvKernel::Wgmma);
   conv_case<bf16>({2, 64, 8, 8, 48, 1, 1, 0, "1x1-direct-64"}, Fill::Random, true, 80, wf, wd, ww,
                   cuda::ConvKernel::Wgmma);
+  conv_case<bf16>({2, 72, 8, 8, 80, 1, 2, 0, "1x1-s2"}, Fill::Random, true, 81, wf, wd, ww, cuda::ConvKernel::Wgmma);
 }
 
 CLIPCU_GPU_TEST("cuda conv2d: simple, tensor-core, cuDNN and wgmma kernels against the CPU twin, forward and both backwards") {
@@ -504,7 +507,7 @@ CLIPCU_GPU_TEST("cuda engine ops: conv2d, batch_norm2d, avg_pool2d on CUDA tenso
   engine_chain(DType::BF16, "tensorcore", kBf16, kBf16, 1, worst);
   engine_chain(DType::BF16, "simple", kBf16, kBf16, 2, worst);
   if (cuda::conv_wgmma_available(0)) {
-    engine_chain(DType::BF16, "wgmma", kBf16, kBf16, 1, worst);  // Cin 5: the TensorCore fallback
+    engine_chain(DType::BF16, "wgmma", kBf16, kBf16, 1, worst);  // Cin 5: the NHWC path, padded to 8
     engine_chain(DType::F32, "wgmma", kTf32, kTf32, 1, worst);   // float: TF32 on TensorCore
   }
   // the fused BN + ReLU op, in float32 only: at bf16 / TF32 accuracy a few outputs near 0 take the
@@ -770,14 +773,15 @@ TEST_CASE("cuda conv host: FastDiv divides exactly (the wgmma gathers' 32-bit di
 
 TEST_CASE("cuda conv host: the wgmma convolution's gathers compute the convolution (all passes, both paths)") {
   WorstError worst{"wgmma gathers on the CPU (float64)", 0.0, {}};
-  // NHWC: 3x3 stride 1 and 2 with padding, 5x5 s2 p2, kernel = stride, 1x1, channel counts that
+  // NHWC: 3x3 stride 1 and 2 with padding, 5x5 s2 p2, kernel = stride, 1x1 stride 1 and 2, channel counts that
   // are multiples of 8 but not of the 64-wide stage, and that are not (padded to 8: the stem's 3,
   // odd counts on both sides), odd image sizes
   for (const GatherCase& c : {GatherCase{2, 8, 7, 5, 16, 3, 3, 1, 1}, GatherCase{3, 16, 9, 8, 8, 3, 3, 2, 1},
                               GatherCase{1, 24, 11, 9, 8, 5, 5, 2, 2}, GatherCase{2, 8, 8, 8, 24, 4, 4, 4, 0},
                               GatherCase{2, 72, 5, 3, 16, 1, 1, 1, 0}, GatherCase{1, 8, 6, 6, 8, 3, 1, 1, 0},
                               GatherCase{2, 3, 11, 9, 5, 3, 3, 2, 1}, GatherCase{1, 13, 7, 6, 70, 3, 3, 1, 1},
-                              GatherCase{2, 5, 6, 7, 3, 2, 2, 2, 0}, GatherCase{2, 16, 8, 6, 24, 3, 3, 1, 1}})
+                              GatherCase{2, 5, 6, 7, 3, 2, 2, 2, 0}, GatherCase{2, 16, 8, 6, 24, 3, 3, 1, 1},
+                              GatherCase{2, 72, 8, 8, 80, 1, 1, 2, 0}})
     gather_case(c, false, worst);
   // direct 1x1: H W % 8 == 0, the pixel count past and at a 64 boundary
   for (const GatherCase& c : {GatherCase{3, 16, 4, 6, 24, 1, 1, 1, 0}, GatherCase{2, 72, 4, 8, 8, 1, 1, 1, 0}})

@@ -510,18 +510,34 @@ CLIPCU_GPU_TEST("cuda attention: backward skips null gradients and is determinis
 namespace {
 // Which gradients a layer norm case asks for.
 struct LnMode {
-  bool residual, affine, dx, dresidual;
+  bool residual, affine, dx, dresidual, dbias;  // dbias: with affine (a layer norm without a bias: false)
   const char* name;
 };
-constexpr LnMode kLnModes[] = {{false, true, true, false, "dx"},
-                               {true, true, true, true, "+residual dx dresidual"},
-                               {true, false, true, true, "+residual no-affine dx dresidual"},
-                               {true, true, false, true, "+residual dresidual only"},
-                               {false, true, false, false, "dweight dbias only"}};
+constexpr LnMode kLnModes[] = {{false, true, true, false, true, "dx"},
+                               {true, true, true, true, true, "+residual dx dresidual"},
+                               {true, false, true, true, false, "+residual no-affine dx dresidual"},
+                               {true, true, false, true, true, "+residual dresidual only"},
+                               {false, true, false, false, true, "dweight dbias only"},
+                               {false, true, true, false, false, "dx dweight (no dbias)"}};
+
+// The variant layernorm_backward must run for a case (the launcher's fallback rules, restated):
+// Pipelined needs C % (16 / sizeof(T)) == 0, C <= 1024 and 16-byte aligned rows; Warp C % 4 == 0,
+// C <= 1024 and 4-element aligned rows. The allocations themselves are 256-byte aligned.
+template <class T>
+cuda::LayerNormKernel expected_ln_backward(int64_t C, size_t offset, cuda::LayerNormKernel requested) {
+  const int64_t w16 = 16 / int64_t(sizeof(T));
+  if (requested == cuda::LayerNormKernel::Pipelined && C % w16 == 0 && C <= 1024 && int64_t(offset) % w16 == 0)
+    return cuda::LayerNormKernel::Pipelined;
+  if (requested != cuda::LayerNormKernel::Simple && C % 4 == 0 && C <= 1024 && offset % 4 == 0)
+    return cuda::LayerNormKernel::Warp;
+  return cuda::LayerNormKernel::Simple;
+}
 
 // offset: the [N, C] buffers start that many elements past an allocation (16-byte alignment and
 // beyond), so a misaligned pointer takes the fallbacks. The backward runs twice from the same
-// starting gradients and must repeat bit for bit.
+// starting gradients and must repeat bit for bit (the workspace filled with NaN before each run, so
+// a partial that is never written cannot pass); with dx and dresidual both asked for, a third run
+// starts them from the same values and they must end bit for bit equal (the same dh added).
 template <class T>
 void layernorm_case(int64_t N, int64_t C, const LnMode& m, cuda::LayerNormKernel kernel, uint64_t seed,
                     WorstError& wf, WorstError& wb, size_t offset = 0) {
@@ -542,7 +558,7 @@ void layernorm_case(int64_t N, int64_t C, const LnMode& m, cuda::LayerNormKernel
                                  y.data(), mean.data(), rstd.data());
   std::vector<double> dh(nc, 0.0), dw = dw0, db = db0;
   cpu::layernorm_backward<double>(N, C, dy.data(), h.data(), m.affine ? w.data() : nullptr, mean.data(), rstd.data(),
-                                  dh.data(), m.affine ? dw.data() : nullptr, m.affine ? db.data() : nullptr);
+                                  dh.data(), m.affine ? dw.data() : nullptr, m.dbias ? db.data() : nullptr);
   std::vector<double> dx = dx0, dr = dr0;
   for (size_t i = 0; i < nc; ++i) {
     if (m.dx) dx[i] += dh[i];
@@ -576,16 +592,21 @@ void layernorm_case(int64_t N, int64_t C, const LnMode& m, cuda::LayerNormKernel
   if (m.residual) expect_close(down(gh), h, 0.0, label + " h", wf);  // the same rounding of the same sum
 
   DevBuf<T> gdy = up(dy);
-  DevBuf<float> ws(cuda::layernorm_backward_workspace_floats(N, C));
-  std::vector<double> got[2][4];  // [run][dx, dresidual, dweight, dbias]
-  for (int run = 0; run < 2; ++run) {
-    DevBuf<T> gdx = up(dx0), gdr = up(dr0), gdw = upload<T>(dw0), gdb = upload<T>(db0);
+  const std::vector<double> nan_ws(cuda::layernorm_backward_workspace_floats(N, C), std::nan(""));
+  const bool both = m.dx && m.dresidual;
+  std::vector<double> got[3][4];  // [run][dx, dresidual, dweight, dbias]
+  for (int run = 0; run < (both ? 3 : 2); ++run) {
+    DevBuf<float> ws = upload<float>(nan_ws);
+    DevBuf<T> gdx = up(dx0), gdr = up(run == 2 ? dx0 : dr0), gdw = upload<T>(dw0), gdb = upload<T>(db0);
     cuda::LayerNormBackwardArgs<T> bw;
     bw.N = N, bw.C = C, bw.dy = gdy.get() + offset, bw.h = m.residual ? gh.get() + offset : gx.get() + offset;
     bw.weight = f.weight, bw.mean = gmean.get(), bw.rstd = grstd.get();
     bw.dx = m.dx ? gdx.get() + offset : nullptr, bw.dresidual = m.dresidual ? gdr.get() + offset : nullptr;
-    bw.dweight = m.affine ? gdw.get() : nullptr, bw.dbias = m.affine ? gdb.get() : nullptr;
+    bw.dweight = m.affine ? gdw.get() : nullptr, bw.dbias = m.dbias ? gdb.get() : nullptr;
     bw.workspace = ws.get(), bw.kernel = kernel;
+    // the variant asked for runs where it fits (a wrong fallback would hide it from these tests)
+    CHECK_MESSAGE(cuda::layernorm_backward_kernel(bw) == expected_ln_backward<T>(C, offset, kernel),
+                  label << ": runs " << cuda::layernorm_kernel_name(cuda::layernorm_backward_kernel(bw)));
     cuda::layernorm_backward(bw, cuda::current_stream());
     got[run][0] = down(gdx), got[run][1] = down(gdr), got[run][2] = read(gdw), got[run][3] = read(gdb);
   }
@@ -593,10 +614,13 @@ void layernorm_case(int64_t N, int64_t C, const LnMode& m, cuda::LayerNormKernel
   expect_close(got[0][0], dx, m.dx ? tol_b : 0.0, label + " dx", wb);
   expect_close(got[0][1], dr, m.dresidual ? tol_b : 0.0, label + " dresidual", wb);
   expect_close(got[0][2], dw, m.affine ? tol_b : 0.0, label + " dweight", wb);
-  expect_close(got[0][3], db, m.affine ? tol_b : 0.0, label + " dbias", wb);
+  expect_close(got[0][3], db, m.dbias ? tol_b : 0.0, label + " dbias", wb);
   for (int g = 0; g < 4; ++g)
     CHECK_MESSAGE(std::memcmp(got[0][g].data(), got[1][g].data(), got[0][g].size() * sizeof(double)) == 0,
                   label << ": gradient " << g << " (dx, dresidual, dweight, dbias) differs between two runs");
+  if (both)
+    CHECK_MESSAGE(std::memcmp(got[2][0].data(), got[2][1].data(), nc * sizeof(double)) == 0,
+                  label << ": dx and dresidual from the same start differ (not the same dh added)");
 }
 }  // namespace
 
@@ -608,13 +632,15 @@ CLIPCU_GPU_TEST("cuda layernorm: fused residual add, forward and backward agains
   // (Warp / Pipelined widths, some with idle lanes), 1030, 1536, 2048 (above their backward limit).
   // N: 1, 2, 3, 7 (fewer rows than a block's warps hold), 33 and 45 (a second, short chunk), 1000
   // (32 chunks, the last of 8 rows; Pipelined's groups of 2-3 rows end past a chunk's end), 16411
-  // (33 rows per chunk, 498 chunks, the last of 10 rows).
-  // The first ones are the CLIPCU_TEST_SMALL (sanitizer) set.
+  // (33 rows per chunk, 498 chunks, the last of 10 rows), 1057 and 2100 (34 and 66 chunks: the
+  // Pipelined pass 2 over several column blocks with more chunks than its warps).
+  // The first ten are the CLIPCU_TEST_SMALL (sanitizer) set: between them every Pipelined vector
+  // width (f32 1, 2, 3, 4, 6, 8; bf16 1, 2, 3, 4) and so every row-group size (1-3 rows).
   const std::vector<std::pair<int64_t, int64_t>> shapes = maybe_small<std::pair<int64_t, int64_t>>(
-      {{1, 1}, {7, 5}, {3, 520}, {7, 1020}, {45, 768}, {33, 1024}, {2, 12}, {1, 8}, {7, 4}, {2, 100}, {3, 200},
-       {9, 1030}, {5, 2048}, {64, 64}, {300, 768}, {1000, 96}, {50, 384}, {17, 640}, {4, 1536}, {33, 512},
-       {1000, 512}, {16411, 8}},
-      6);
+      {{1, 1}, {7, 5}, {3, 520}, {7, 1020}, {45, 768}, {33, 1024}, {3, 200}, {50, 384}, {33, 512}, {1, 8},
+       {2, 12}, {7, 4}, {2, 100}, {9, 1030}, {5, 2048}, {64, 64}, {300, 768}, {1000, 96}, {17, 640}, {4, 1536},
+       {1000, 512}, {16411, 8}, {1057, 136}, {2100, 768}},
+      10);
   // every variant the header declares, so a new one is tested too
   const std::vector<cuda::LayerNormKernel> kernels = named_values(cuda::layernorm_kernel_name);
   REQUIRE(kernels.size() >= 3);
@@ -627,11 +653,14 @@ CLIPCU_GPU_TEST("cuda layernorm: fused residual add, forward and backward agains
         layernorm_case<bf16>(N, C, m, k, seed++, wf, wb);
       }
   // misaligned rows: 1 element (Simple), 4 bf16 = 8 bytes (Warp's 8-byte vectors still fit, the
-  // 16-byte ones of Pipelined do not), 2 floats
+  // 16-byte ones of Pipelined do not), 2 floats; and aligned to 16 bytes but not to the
+  // allocation's 256 (8 bf16, 4 floats: every variant runs as asked)
   for (cuda::LayerNormKernel k : kernels) {
     layernorm_case<bf16>(33, 512, kLnModes[1], k, seed++, wf, wb, 1);
     layernorm_case<bf16>(33, 512, kLnModes[1], k, seed++, wf, wb, 4);
     layernorm_case<float>(33, 512, kLnModes[1], k, seed++, wf, wb, 2);
+    layernorm_case<bf16>(33, 512, kLnModes[1], k, seed++, wf, wb, 8);
+    layernorm_case<float>(33, 512, kLnModes[1], k, seed++, wf, wb, 4);
   }
 }
 

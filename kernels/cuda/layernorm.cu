@@ -738,6 +738,15 @@ void layernorm_forward(const LayerNormForwardArgs<T>& a, cudaStream_t stream) {
 }
 
 template <class T>
+LayerNormKernel layernorm_backward_kernel(const LayerNormBackwardArgs<T>& a) {
+  if (a.kernel == LayerNormKernel::Pipelined && pipelined_path_ok(a)) return LayerNormKernel::Pipelined;
+  if (a.kernel != LayerNormKernel::Simple &&
+      warp_path_ok<T>(a.C, kWarpBwdMaxC, {a.dy, a.h, a.weight, a.dx, a.dresidual}))
+    return LayerNormKernel::Warp;
+  return LayerNormKernel::Simple;
+}
+
+template <class T>
 void layernorm_backward(const LayerNormBackwardArgs<T>& a, cudaStream_t stream) {
   CLIPCU_CUDA_REQUIRE(a.N >= 0 && a.C >= 1, "layernorm_backward: N " << a.N << " C " << a.C);
   CLIPCU_CUDA_REQUIRE(a.dy && a.h && a.mean && a.rstd, "layernorm_backward: an input pointer is null");
@@ -747,7 +756,8 @@ void layernorm_backward(const LayerNormBackwardArgs<T>& a, cudaStream_t stream) 
   if (a.N == 0) return;
   const int64_t rows = chunk_rows(a.N), chunks = num_chunks(a.N);
   const size_t smem = want_params ? size_t(16 * a.C) * sizeof(float) : 0;  // 8 warps x [2][C]
-  if (a.kernel == LayerNormKernel::Pipelined && pipelined_path_ok(a)) {
+  const LayerNormKernel kernel_run = layernorm_backward_kernel(a);
+  if (kernel_run == LayerNormKernel::Pipelined) {
     dispatch_pipelined<T>(a.C, [&]<int kVecs>() {
       auto kernel = (a.dx && a.dresidual) ? ln_bwd_pipelined<T, kVecs, true> : ln_bwd_pipelined<T, kVecs, false>;
       allow_smem(kernel, smem);
@@ -761,10 +771,7 @@ void layernorm_backward(const LayerNormBackwardArgs<T>& a, cudaStream_t stream) 
     }
     return;
   }
-  // Warp, or Pipelined where its C / alignment do not fit: what Warp would run
-  const bool warp = a.kernel != LayerNormKernel::Simple &&
-                    warp_path_ok<T>(a.C, kWarpBwdMaxC, {a.dy, a.h, a.weight, a.dx, a.dresidual});
-  if (warp) {
+  if (kernel_run == LayerNormKernel::Warp) {
     dispatch_chunks<8>(a.C, [&]<int kChunks>() {
       auto kernel = ln_bwd_warp<T, kChunks>;
       allow_smem(kernel, smem);
@@ -827,6 +834,7 @@ void column_sum(int64_t R, int64_t C, const T* x, T* out, float* workspace, cuda
 #define CLIPCU_INSTANTIATE(T)                                                                                    \
   template void layernorm_forward<T>(const LayerNormForwardArgs<T>&, cudaStream_t);                             \
   template void layernorm_backward<T>(const LayerNormBackwardArgs<T>&, cudaStream_t);                           \
+  template LayerNormKernel layernorm_backward_kernel<T>(const LayerNormBackwardArgs<T>&);                       \
   template void bias_act_forward<T>(int64_t, int64_t, Act, const T*, const T*, T*, cudaStream_t);               \
   template void bias_act_backward<T>(int64_t, int64_t, Act, const T*, const T*, const T*, T*, T*, float*,       \
                                      cudaStream_t);                                                             \

@@ -75,6 +75,10 @@ void layernorm_forward(const LayerNormForwardArgs<T>& a, cudaStream_t stream);
 size_t layernorm_backward_workspace_floats(int64_t N, int64_t C);
 template <class T>
 void layernorm_backward(const LayerNormBackwardArgs<T>& a, cudaStream_t stream);
+// The variant layernorm_backward runs for these arguments: the requested one, or its fallback
+// where C or a pointer's alignment does not fit it (Pipelined -> Warp -> Simple).
+template <class T>
+LayerNormKernel layernorm_backward_kernel(const LayerNormBackwardArgs<T>& a);
 
 // y = act(x + bias), x and y [N, C] (may be the same buffer), bias [C] or nullptr.
 template <class T>
