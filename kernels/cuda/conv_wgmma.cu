@@ -16,10 +16,10 @@
 // channels padded with zeros to a multiple of 8, so that a chunk is 8 channels of one pixel at one
 // kernel offset, zero outside the image (and, for backward-data with stride > 1, where the stride
 // does not divide). Backward-filter's dy (A) is read in place as on the direct path (K-major
-// chunks of 8 pixels) when OH OW % 8 == 0, else from an NHWC copy too. The weights are copied to
-// the (kh, kw, c) order of K, padded the same way (the stem's Cin = 3 becomes 8: K = 72 for its
-// 3x3). All copies are one batched transpose kernel, in the caller's workspace and inside the
-// pass's time.
+// chunks of 8 pixels, 16-byte aligned) when OH OW % 8 == 0, else from an NHWC copy too. The
+// weights are copied to the (kh, kw, c) order of K, padded the same way (the stem's Cin = 3
+// becomes 8: K = 72 for its 3x3). All copies are one batched transpose kernel, in the caller's
+// workspace and inside the pass's time.
 // Direct path (1x1, stride 1, no padding, H W % 8 == 0, 16-byte aligned tensors, Cin and Cout
 // multiples of 8): the products are plain GEMMs over NCHW, no copies: forward A = W [Cout][Cin]
 // and B = x as [Cin][pixels] (MN-major chunks of 8 pixels), backward-data A = W^T (MN-major)
@@ -432,13 +432,19 @@ Split wgrad_split(const ConvShape& s, bool wide) {
 // How a pass of a shape runs: Nhwc (activations gathered from NHWC copies with channels padded
 // to multiples of 8: any kernel size, stride, padding and channel count), Direct (1x1, stride 1,
 // no padding, H W % 8 == 0, channel counts multiples of 8, 16-byte aligned tensors: NCHW read in
-// place, no copies), or None (too large for the 32-bit pixel indices).
+// place, no copies), or None (too large for the 32-bit pixel indices; or a Direct shape whose
+// tensors are not aligned: the workspace is sized for the path the shape takes with aligned
+// tensors, the engine's case, and the caller's fallback covers the rest).
 enum class Path { None, Nhwc, Direct };
 Path path_of(const ConvShape& s, bool aligned) {
   if (s.N <= 0) return Path::None;
-  if (aligned && direct_shape_ok(s)) return Path::Direct;
+  if (direct_shape_ok(s)) return aligned ? Path::Direct : Path::None;
   return nhwc_shape_ok(s) ? Path::Nhwc : Path::None;
 }
+// Nhwc backward-filter reads dy in place (no copy) when its planes are whole chunks of 8 pixels
+// and it is 16-byte aligned; a plane that allows it with a misaligned dy: no path (no copy was
+// sized, see path_of).
+bool wgrad_dy_in_place(const ConvShape& s) { return (s.OH * s.OW) % 8 == 0; }
 
 // Workspace carving: consecutive 256-byte aligned pieces from `base`; without a base only their
 // total (`used`), so that workspace_bytes() and the passes share one layout (scratch()).
@@ -467,7 +473,8 @@ Scratch scratch(const ConvShape& s, ConvPass pass, Path path, Carve& ws) {
   if (path == Path::Nhwc) {
     if (pass != ConvPass::BackwardFilter) r.weight = ws.take<bf16>(size_t(d.M * d.K));
     if (pass != ConvPass::BackwardData) r.x = ws.take<bf16>(size_t(s.N * s.H * s.W * pad8(s.Cin)));
-    if (pass != ConvPass::Forward) r.dy = ws.take<bf16>(size_t(s.N * s.OH * s.OW * pad8(s.Cout)));
+    if (pass == ConvPass::BackwardData || (pass == ConvPass::BackwardFilter && !wgrad_dy_in_place(s)))
+      r.dy = ws.take<bf16>(size_t(s.N * s.OH * s.OW * pad8(s.Cout)));
   }
   if (pass == ConvPass::BackwardFilter)
     r.partial = ws.take<float>(size_t(wgrad_split(s, path == Path::Direct).splits * d.M * d.Ng));
@@ -501,15 +508,11 @@ int64_t whole_k(const Dims& d) { return std::max<int64_t>((d.K + BK - 1) / BK, 1
 }  // namespace
 
 size_t workspace_bytes(const ConvShape& s, ConvPass pass) {
-  // the path depends on the pointers' alignment too: the larger of the two the shape allows
-  size_t bytes = 0;
-  for (Path path : {Path::Direct, Path::Nhwc}) {
-    if (path == Path::Direct ? !direct_shape_ok(s) : !nhwc_shape_ok(s)) continue;
-    Carve c;
-    scratch(s, pass, path, c);
-    bytes = std::max(bytes, c.used);
-  }
-  return bytes;
+  const Path path = path_of(s, true);
+  if (path == Path::None) return 0;
+  Carve c;
+  scratch(s, pass, path, c);
+  return c.used;
 }
 
 namespace {
@@ -572,9 +575,9 @@ bool backward_data(const ConvShape& s, const ConvArgs<bf16>& a, cudaStream_t str
 }
 
 bool backward_filter(const ConvShape& s, const ConvArgs<bf16>& a, cudaStream_t stream) {
-  const bool aligned = detail::aligned_to(a.x, 16) && detail::aligned_to(a.dy, 16);
-  const Path path = path_of(s, aligned);
-  if (path == Path::None) return false;
+  const bool dy_aligned = detail::aligned_to(a.dy, 16);
+  const Path path = path_of(s, detail::aligned_to(a.x, 16) && dy_aligned);
+  if (path == Path::None || (path == Path::Nhwc && wgrad_dy_in_place(s) && !dy_aligned)) return false;
   const Dims d = dims(s, ConvPass::BackwardFilter);
   const Split sp = wgrad_split(s, path == Path::Direct);
   Params p = gemm_params(d, sp.k_chunk);
@@ -593,11 +596,10 @@ bool backward_filter(const ConvShape& s, const ConvArgs<bf16>& a, cudaStream_t s
   } else {
     // x is gathered from its NHWC copy; dy (A) is read in place as the direct path does when its
     // planes are whole chunks of 8 pixels (RN50's 112, 56 and 28 pixel layers), else from a copy
-    const bool dy_in_place = (s.OH * s.OW) % 8 == 0 && detail::aligned_to(a.dy, 16);
     transpose(s.N, s.Cin, s.H * s.W, Cinp, a.x, sc.x, stream);
     p.b = dense(sc.x, d.Ng, d.K);
     p.b.img = img_geom(s, false);
-    if (dy_in_place) {
+    if (wgrad_dy_in_place(s)) {
       p.a = dense(a.dy, d.M, d.K);
       p.a.nchw = nchw_geom(s.N, s.Cout, s.OH * s.OW);
       launch<NchwK, ImgMn, false>(p, sp.splits, stream);
