@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <sstream>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -149,12 +150,76 @@ inline double rel_err(const std::vector<double>& got, const std::vector<double>&
   return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
 }
 
+// "0-15,32-47": the indices where `on` is set, as ranges.
+inline std::string index_ranges(const std::vector<bool>& on) {
+  std::ostringstream out;
+  bool any = false;
+  for (size_t i = 0; i < on.size();) {
+    if (!on[i]) {
+      ++i;
+      continue;
+    }
+    size_t j = i;
+    while (j + 1 < on.size() && on[j + 1]) ++j;
+    out << (any ? "," : "") << i;
+    if (j > i) out << "-" << j;
+    any = true;
+    i = j + 1;
+  }
+  return any ? out.str() : "none";
+}
+
+// For a failed comparison: where the differences are, so that one GPU run tells a layout or
+// indexing fault (whole rows, columns or tiles wrong) from rounding. An element is off when
+// |got - ref| > 8 tol rms(ref), or NaN. cols > 0: the values are a row-major matrix with that many
+// columns (a GEMM's N, a convolution's plane); the report then names the rows and columns hit and
+// their classes modulo the Hopper tiles' 64 rows and 128 columns.
+inline std::string mismatch_report(const std::vector<double>& got, const std::vector<double>& ref, double tol,
+                                   int64_t cols) {
+  const size_t n = got.size();
+  if (n == 0) return "";
+  double ss = 0;
+  for (double r : ref) ss += r * r;
+  const double rms = std::sqrt(ss / double(n)), limit = 8 * tol * (rms > 0 ? rms : 1.0);
+  const size_t nc = cols > 0 ? size_t(cols) : 0, nr = cols > 0 ? (n + nc - 1) / nc : 0;
+  std::vector<bool> row_hit(nr), col_hit(nc), row_mod(64), col_mod(128);
+  size_t off = 0, nan = 0;
+  std::ostringstream first;
+  for (size_t i = 0; i < n; ++i) {
+    const bool is_nan = std::isnan(got[i]);
+    if (!is_nan && std::abs(got[i] - ref[i]) <= limit) continue;
+    ++off;
+    nan += is_nan;
+    const size_t r = nc ? i / nc : 0, c = nc ? i % nc : 0;
+    if (nc) row_hit[r] = col_hit[c] = row_mod[r % 64] = col_mod[c % 128] = true;
+    if (off > 6) continue;
+    if (nc) {
+      first << " (" << r << ", " << c << ")";
+    } else {
+      first << " [" << i << "]";
+    }
+    first << " " << got[i] << " vs " << ref[i] << ";";
+  }
+  std::ostringstream out;
+  out << " | " << off << " of " << n << " elements off (> 8 tol rms(ref)), " << nan << " NaN";
+  if (off == 0) return out.str();
+  out << "; first:" << first.str();
+  if (nc) {
+    const auto count = [](const std::vector<bool>& v) { return std::count(v.begin(), v.end(), true); };
+    out << " rows hit " << count(row_hit) << " of " << nr << ", columns hit " << count(col_hit) << " of " << nc
+        << "; row % 64 hit: " << index_ranges(row_mod) << "; column % 128 hit: " << index_ranges(col_mod);
+  }
+  return out.str();
+}
+
+// cols: see mismatch_report (only for the message of a failure).
 inline void expect_close(const std::vector<double>& got, const std::vector<double>& ref, double tol,
-                         const std::string& label, WorstError& worst) {
+                         const std::string& label, WorstError& worst, int64_t cols = 0) {
   REQUIRE_MESSAGE(got.size() == ref.size(), label << ": " << got.size() << " values vs " << ref.size());
   const double e = rel_err(got, ref);
   worst.add(label, e);
-  CHECK_MESSAGE(e <= tol, label << ": rel err " << e << " > tol " << tol);
+  CHECK_MESSAGE(e <= tol, label << ": rel err " << e << " > tol " << tol
+                                << (e <= tol ? "" : mismatch_report(got, ref, tol, cols)));
 }
 
 }  // namespace clipcu::test::gpu

@@ -65,7 +65,8 @@ std::vector<double> values(size_t n, Fill f, Rng& rng, double scale = 1.0) {
 // contribution and then the sum, so when the start value nearly cancels the contribution (one
 // element of dw, say) the error is a few bf16 steps of the contribution, not of the small sum.
 void expect_close_accumulated(const std::vector<double>& got, const std::vector<double>& ref,
-                              const std::vector<double>& start, double tol, const std::string& label, WorstError& worst) {
+                              const std::vector<double>& start, double tol, const std::string& label, WorstError& worst,
+                              int64_t cols = 0) {
   REQUIRE_MESSAGE(got.size() == ref.size(), label << ": " << got.size() << " values vs " << ref.size());
   double num = 0, den_sum = 0, den_added = 0;
   for (size_t i = 0; i < got.size(); ++i) {
@@ -76,7 +77,8 @@ void expect_close_accumulated(const std::vector<double>& got, const std::vector<
   const double den = std::max(den_sum, den_added);
   const double e = std::isnan(num) ? INFINITY : den > 0 ? std::sqrt(num / den) : std::sqrt(num);
   worst.add(label, e);
-  CHECK_MESSAGE(e <= tol, label << ": rel err " << e << " > tol " << tol);
+  CHECK_MESSAGE(e <= tol, label << ": rel err " << e << " > tol " << tol
+                                << (e <= tol ? "" : mismatch_report(got, ref, tol, cols)));
 }
 
 // ================================================================ conv2d kernels
@@ -157,14 +159,14 @@ void conv_case(const ConvCase& c, Fill fill, bool with_bias, uint64_t seed, Wors
     a.dy = gdy.get(), a.dx = gdx.get(), a.dw = gdw.get(), a.dbias = with_bias ? gdb.get() : nullptr;
     a.workspace = ws_bytes ? ws.get() : nullptr, a.workspace_bytes = ws_bytes;
     cuda::conv2d_forward<T>(s, a, cuda::current_stream());
-    expect_close(read(gy.get(), ny), y_ref, tol_f, label + " y", wf);
+    expect_close(read(gy.get(), ny), y_ref, tol_f, label + " y", wf, d.OH * d.OW);
     write(gdx.get(), dx0);
     cuda::conv2d_backward_data<T>(s, a, cuda::current_stream());
-    expect_close_accumulated(read(gdx.get(), nx), dx_ref, dx0, tol_g, label + " dx", wd);
+    expect_close_accumulated(read(gdx.get(), nx), dx_ref, dx0, tol_g, label + " dx", wd, d.H * d.W);
     write(gdw.get(), dw0);
     write(gdb.get(), db0);
     cuda::conv2d_backward_filter<T>(s, a, cuda::current_stream());
-    expect_close_accumulated(read(gdw.get(), nw), dw_ref, dw0, tol_g, label + " dw", ww);
+    expect_close_accumulated(read(gdw.get(), nw), dw_ref, dw0, tol_g, label + " dw", ww, d.Cin * d.KH * d.KW);
     if (with_bias) expect_close_accumulated(read(gdb.get(), nb), db_ref, db0, tol_g, label + " dbias", ww);
   }
 }

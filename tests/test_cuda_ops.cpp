@@ -218,8 +218,8 @@ void gemm_case(bool ta, bool tb, GemmShape s, const Epilogue& epi, int offset, u
       cuda::gemm(p, cuda::current_stream());
     }
     const double tol = gemm_tol(be, std::is_same_v<T, bf16>);
-    expect_close(read(dC), ref, tol, label, worst);
-    if (epi.pre_act) expect_close(read(dpre), ref_pre, tol, label + " pre_act", worst);
+    expect_close(read(dC), ref, tol, label, worst, N);
+    if (epi.pre_act) expect_close(read(dpre), ref_pre, tol, label + " pre_act", worst, N);
   }
 }
 
@@ -1094,6 +1094,26 @@ TEST_CASE("cuda host: the Hopper GEMM's shared-memory tiles and descriptors agre
       for (int e = 0; e < rows; ++e) ++seen_mn[size_t(L::MnMajorTile::offset(k, e))];
     CHECK(std::all_of(seen_mn.begin(), seen_mn.end(), [](int c) { return c == 1; }));
   }
+}
+
+TEST_CASE("cuda host: a failed GPU comparison says which rows and columns are off") {
+  // a 10 x 200 matrix with row 3's columns 128-135 wrong and one NaN at (7, 5)
+  std::vector<double> ref(2000), got;
+  for (size_t i = 0; i < ref.size(); ++i) ref[i] = std::sin(double(i));
+  got = ref;
+  for (size_t c = 128; c < 136; ++c) got[3 * 200 + c] += 1.0;
+  got[7 * 200 + 5] = std::nan("");
+  got[9 * 200 + 199] += 1e-6;  // within the tolerance: not counted
+  const std::string m = mismatch_report(got, ref, 1e-3, 200);
+  INFO(m);
+  CHECK(m.find("9 of 2000 elements off") != std::string::npos);
+  CHECK(m.find("1 NaN") != std::string::npos);
+  CHECK(m.find("(3, 128)") != std::string::npos);
+  CHECK(m.find("rows hit 2 of 10, columns hit 9 of 200") != std::string::npos);
+  CHECK(m.find("row % 64 hit: 3,7;") != std::string::npos);
+  CHECK(m.find("column % 128 hit: 0-7") != std::string::npos);  // 128-135 -> 0-7, and 5
+  CHECK(index_ranges({true, true, false, true, false, false, true, true, true}) == "0-1,3,6-8");
+  CHECK(mismatch_report(ref, ref, 1e-3, 0).find("0 of 2000 elements off") != std::string::npos);
 }
 
 TEST_CASE("cuda host: allocator size classes round up by at most 25% in 512-byte steps") {
