@@ -10,7 +10,7 @@
 #
 # usage: tools/device-check.sh OUTDIR [--prefix DIR] [--build-dir DIR] [--arch ARCHS] [--jobs N]
 #                              [--no-bench] [--no-sanitizers] [--cuda-only] [--budget SECONDS]
-#                              [--bench-budget SECONDS]
+#                              [--bench-budget SECONDS] [--sanitize-budget SECONDS]
 #   --prefix DIR   what tools/device-prepare.sh made (default: <repo>/.deps when it exists):
 #                  DIR/debs/*.deb are unpacked into DIR/root and put on CMAKE_PREFIX_PATH,
 #                  PKG_CONFIG_PATH and LD_LIBRARY_PATH; DIR/golden and DIR/vocab become
@@ -18,6 +18,8 @@
 #   --arch ARCHS   CMAKE_CUDA_ARCHITECTURES (default: the GPU's own, e.g. 90a on an H100)
 #   --budget S     the report is final after S seconds (default 470: within 8 minutes)
 #   --bench-budget S  seconds for bench/run_gpu_benchmarks.sh (default 150)
+#   --sanitize-budget S  seconds for all compute-sanitizer runs together (default 150; each run
+#                  at most 120): racecheck can be slow, and the benchmarks come after them
 #   --cuda-only    build only the CUDA tests and benchmarks (and bench_step); run those, the
 #                  sanitizers and the GPU benchmarks (the CPU-only tests and benchmarks are left
 #                  out)
@@ -42,6 +44,7 @@ SANITIZE=1
 CUDA_ONLY=0
 BUDGET=470
 BENCH_BUDGET=150
+SAN_BUDGET=150
 while [ $# -gt 0 ]; do
   case "$1" in
     --prefix) PREFIX="$(cd "$2" && pwd)"; shift 2 ;;
@@ -53,6 +56,7 @@ while [ $# -gt 0 ]; do
     --cuda-only) CUDA_ONLY=1; shift ;;
     --budget) BUDGET="$2"; shift 2 ;;
     --bench-budget) BENCH_BUDGET="$2"; shift 2 ;;
+    --sanitize-budget) SAN_BUDGET="$2"; shift 2 ;;
     -h|--help) usage ;;
     *) echo "device-check: unknown argument $1" >&2; usage ;;
   esac
@@ -285,9 +289,14 @@ fi
 # shapes (CLIPCU_TEST_SMALL) and no ViT-B/32-sized cases: the tools slow kernels down a lot
 : >"$OUTDIR/sanitizer.log"
 sanitize() {  # tool program cases [more test cases to leave out]
-  local tool="$1" prog="$2" cases="$3" exclude="*ViT-B/32*${4:+,$4}" res summary
+  local tool="$1" prog="$2" cases="$3" exclude="*ViT-B/32*${4:+,$4}" res summary cap
+  cap=$(( SAN_END - $(now) )); [ "$cap" -gt 120 ] && cap=120
+  if [ "$cap" -lt 10 ]; then
+    record "compute-sanitizer $tool $(basename "$prog")" "NOT RUN" 0 "the sanitizers' budget (--sanitize-budget $SAN_BUDGET) was spent"
+    return
+  fi
   echo "===== compute-sanitizer --tool $tool $(basename "$prog") (test cases: $cases; not: $exclude)" >>"$OUTDIR/sanitizer.log"
-  timed 120 env CLIPCU_TEST_SMALL=1 "$SANITIZER" --tool "$tool" --error-exitcode 3 --print-limit 20 \
+  timed "$cap" env CLIPCU_TEST_SMALL=1 "$SANITIZER" --tool "$tool" --error-exitcode 3 --print-limit 20 \
     "$prog" "--test-case=$cases" "--test-case-exclude=$exclude" >>"$OUTDIR/sanitizer.log" 2>&1
   summary="$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUTDIR/sanitizer.log" | tail -1)"
   case "$RC" in
@@ -298,23 +307,25 @@ sanitize() {  # tool program cases [more test cases to leave out]
   esac
   record "compute-sanitizer $tool $(basename "$prog")" "$res" "$SECS" "${summary:-no summary line}"
 }
+SAN_END=$(( $(now) + SAN_BUDGET ))
 if [ "$SANITIZE" -eq 1 ] && [ ${#CUDA_TESTS[@]} -gt 0 ]; then
-  # the kernels first (memcheck, then racecheck over all with shared memory but embedding, plain
-  # row copies), the whole-model programs last: they run the trainer in child processes, which
-  # the tool follows, so they take longest
-  for name in test_cuda_ops test_cuda_conv; do
+  # memcheck over every program first (quick: 2-10 s each on an H200; the whole-model programs
+  # run the trainer in child processes, which the tool follows: those command-line cases run the
+  # same kernels again and are left out), then racecheck over the kernels with shared memory
+  # (the convolutions, then the rest but embedding's plain row copies), which can take long
+  for t in "${CUDA_TESTS[@]}"; do
+    case "$(basename "$t")" in
+      test_cuda_ops|test_cuda_conv) sanitize memcheck "$t" '*' ;;
+      *) sanitize memcheck "$t" '*' '*train --device*,*checkpoint written on the GPU*' ;;
+    esac
+  done
+  for name in test_cuda_conv test_cuda_ops; do
     t="$BUILD/tests/$name"
     [ -x "$t" ] || continue
-    sanitize memcheck "$t" '*'
     case "$name" in
       test_cuda_ops) sanitize racecheck "$t" 'cuda gemm*,cuda attention*,cuda layernorm*,cuda bias*,cuda clip loss*,cuda adamw*' ;;
       *) sanitize racecheck "$t" '*' ;;
     esac
-  done
-  for t in "${CUDA_TESTS[@]}"; do
-    case "$(basename "$t")" in test_cuda_ops|test_cuda_conv) continue ;; esac
-    # the command-line cases run the same kernels again in child processes: left out here
-    sanitize memcheck "$t" '*' '*train --device*,*checkpoint written on the GPU*'
   done
 elif [ "$SANITIZE" -eq 0 ]; then
   record "compute-sanitizer" SKIP 0 "--no-sanitizers"
