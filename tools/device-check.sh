@@ -10,7 +10,7 @@
 #
 # usage: tools/device-check.sh OUTDIR [--prefix DIR] [--build-dir DIR] [--arch ARCHS] [--jobs N]
 #                              [--no-bench] [--no-sanitizers] [--cuda-only] [--budget SECONDS]
-#                              [--bench-budget SECONDS] [--sanitize-budget SECONDS]
+#                              [--bench-budget SECONDS] [--sanitize-budget SECONDS] [--bench-only]
 #   --prefix DIR   what tools/device-prepare.sh made (default: <repo>/.deps when it exists):
 #                  DIR/debs/*.deb are unpacked into DIR/root and put on CMAKE_PREFIX_PATH,
 #                  PKG_CONFIG_PATH and LD_LIBRARY_PATH; DIR/golden and DIR/vocab become
@@ -21,8 +21,12 @@
 #   --sanitize-budget S  seconds for all compute-sanitizer runs together (default 150; each run
 #                  at most 120): racecheck can be slow, and the benchmarks come after them
 #   --cuda-only    build only the CUDA tests and benchmarks (and bench_step); run those, the
-#                  sanitizers and the GPU benchmarks (the CPU-only tests and benchmarks are left
-#                  out)
+#                  sanitizers and the GPU benchmarks without torch.compile (the CPU-only tests and
+#                  benchmarks are left out)
+#   --bench-only   a second call on the same machine: no configure, build, tests or sanitizers;
+#                  the smoke tests (which hide a failing Hopper kernel) and then the GPU
+#                  benchmarks in full (torch.compile included) on the build an earlier call left
+#                  in the build folder, within --bench-budget
 # Files written (at most 8, flat, for the device tool's copy-back): report.md, build.log (the
 # environment, then configure and build), test_cuda.log, sanitizer.log, ctest.log, bench.log,
 # bench_table.md and bench_json.tgz (bench/run_gpu_benchmarks.sh's table and JSON).
@@ -45,6 +49,7 @@ CUDA_ONLY=0
 BUDGET=470
 BENCH_BUDGET=150
 SAN_BUDGET=150
+BENCH_ONLY=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --prefix) PREFIX="$(cd "$2" && pwd)"; shift 2 ;;
@@ -54,6 +59,7 @@ while [ $# -gt 0 ]; do
     --no-bench) BENCH=0; shift ;;
     --no-sanitizers) SANITIZE=0; shift ;;
     --cuda-only) CUDA_ONLY=1; shift ;;
+    --bench-only) BENCH_ONLY=1; shift ;;
     --budget) BUDGET="$2"; shift 2 ;;
     --bench-budget) BENCH_BUDGET="$2"; shift 2 ;;
     --sanitize-budget) SAN_BUDGET="$2"; shift 2 ;;
@@ -179,6 +185,14 @@ if [ -n "$PREFIX" ]; then
 fi
 
 # ---------------------------------------------------------------- configure + build
+if [ "$BENCH_ONLY" -eq 1 ]; then
+  # no make: the tree copied anew may look newer than the build and would rebuild it all
+  if [ -x "$BUILD/bench/bench_cuda_ops" ]; then
+    record build SKIP 0 "--bench-only: the programs an earlier call built in $BUILD"
+  else
+    record build "NOT RUN" 0 "--bench-only: no earlier build in $BUILD (run the full check first on this machine)"
+  fi
+else
 timed 120 cmake -S "$repo" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCLIPCU_CUDA=ON \
   "-DCMAKE_CUDA_ARCHITECTURES=$ARCH" "-DCMAKE_CUDA_COMPILER=$NVCC" >>"$OUTDIR/build.log" 2>&1
 if [ "$RC" -ne 0 ]; then
@@ -204,6 +218,7 @@ else
     record build "$(verdict $RC)" "$SECS" "$what: $errs"
   fi
 fi
+fi  # --bench-only
 
 # ---------------------------------------------------------------- benchmarks (function)
 # run_benches PATTERN: every executable bench/PATTERN, each for at most 90 s, into bench.log.
@@ -224,6 +239,34 @@ run_benches() {
     record "bench $name" "$(verdict $RC)" "$SECS" ""
     [ "$(left)" -lt 30 ] && break
   done
+}
+# ---------------------------------------------------------------- GPU benchmarks
+run_gpu_benches() {
+  # bench/run_gpu_benchmarks.sh: every bench_cuda_* program, bench_step's GPU steps and PyTorch
+  # beside them, one table (bench_table.md) and the JSON of both sides (bench_json.tgz)
+  gb="$(mktemp -d)"
+  echo "===== bench/run_gpu_benchmarks.sh" >>"$OUTDIR/bench.log"
+  bb=$(( $(left) - 45 )); [ "$bb" -gt "$BENCH_BUDGET" ] && bb="$BENCH_BUDGET"
+  [ "$bb" -lt 30 ] && bb=30
+  timed $((bb + 30)) "$repo/bench/run_gpu_benchmarks.sh" "$gb" "$BUILD" --budget "$bb" \
+    $([ "$CUDA_ONLY" -eq 1 ] && [ "$BENCH_ONLY" -eq 0 ] && echo --no-compile) >/dev/null 2>&1
+  cat "$gb/bench_gpu.log" >>"$OUTDIR/bench.log" 2>/dev/null
+  if [ -s "$gb/bench_table.md" ]; then
+    cp "$gb/bench_table.md" "$OUTDIR/bench_table.md"
+    (cd "$gb" && tar czf "$OUTDIR/bench_json.tgz" ./*.json 2>/dev/null)
+    record "GPU benchmarks (bench/run_gpu_benchmarks.sh)" "$(verdict $RC)" "$SECS" "bench_table.md, bench_json.tgz"
+    add_extra "## GPU benchmarks against cuBLAS / cuDNN / PyTorch (bench_table.md)"$'\n\n'"$(cat "$gb/bench_table.md")"
+  else
+    record "GPU benchmarks (bench/run_gpu_benchmarks.sh)" "FAIL" "$SECS" "no table written: see bench.log"
+  fi
+  rm -rf "$gb"
+}
+finish() {
+  write_report
+  echo "device-check: report in $REPORT"
+  cat "$REPORT"
+  [ ${#FAILED[@]} -eq 0 ]
+  exit
 }
 : >"$OUTDIR/bench.log"
 
@@ -256,6 +299,11 @@ smoke() {
 smoke "wgmma smoke test" test_cuda_ops 'cuda gemm: wgmma smoke*' 'wgmma backend is not available' CLIPCU_WGMMA
 smoke "conv wgmma smoke test" test_cuda_conv 'cuda conv2d: wgmma smoke*' 'wgmma convolution is not available' \
   CLIPCU_CONV_WGMMA
+if [ "$BENCH_ONLY" -eq 1 ]; then
+  record "CUDA tests, sanitizers, other tests" SKIP 0 "--bench-only"
+  run_gpu_benches
+  finish
+fi
 
 # ---------------------------------------------------------------- CUDA tests
 # every tests/test_cuda_* program, in full, one after the other into test_cuda.log
@@ -333,27 +381,6 @@ else
   record "compute-sanitizer" "NOT RUN" 0 "no CUDA test program was built"
 fi
 
-# ---------------------------------------------------------------- GPU benchmarks
-run_gpu_benches() {
-  # bench/run_gpu_benchmarks.sh: every bench_cuda_* program, bench_step's GPU steps and PyTorch
-  # beside them, one table (bench_table.md) and the JSON of both sides (bench_json.tgz)
-  gb="$(mktemp -d)"
-  echo "===== bench/run_gpu_benchmarks.sh" >>"$OUTDIR/bench.log"
-  bb=$(( $(left) - 45 )); [ "$bb" -gt "$BENCH_BUDGET" ] && bb="$BENCH_BUDGET"
-  [ "$bb" -lt 30 ] && bb=30
-  timed $((bb + 30)) "$repo/bench/run_gpu_benchmarks.sh" "$gb" "$BUILD" --budget "$bb" \
-    $([ "$CUDA_ONLY" -eq 1 ] && echo --no-compile) >/dev/null 2>&1
-  cat "$gb/bench_gpu.log" >>"$OUTDIR/bench.log" 2>/dev/null
-  if [ -s "$gb/bench_table.md" ]; then
-    cp "$gb/bench_table.md" "$OUTDIR/bench_table.md"
-    (cd "$gb" && tar czf "$OUTDIR/bench_json.tgz" ./*.json 2>/dev/null)
-    record "GPU benchmarks (bench/run_gpu_benchmarks.sh)" "$(verdict $RC)" "$SECS" "bench_table.md, bench_json.tgz"
-    add_extra "## GPU benchmarks against cuBLAS / cuDNN / PyTorch (bench_table.md)"$'\n\n'"$(cat "$gb/bench_table.md")"
-  else
-    record "GPU benchmarks (bench/run_gpu_benchmarks.sh)" "FAIL" "$SECS" "no table written: see bench.log"
-  fi
-  rm -rf "$gb"
-}
 # Before the CPU-only tests: the benchmarks are what the GPU machine is for (CI runs the CPU
 # tests on every commit), so they get their budget first.
 [ "$BENCH" -eq 1 ] && run_gpu_benches
@@ -386,7 +413,4 @@ elif [ "$BENCH" -eq 0 ]; then
   record bench SKIP 0 "--no-bench"
 fi
 
-write_report
-echo "device-check: report in $REPORT"
-cat "$REPORT"
-[ ${#FAILED[@]} -eq 0 ]
+finish
