@@ -108,7 +108,7 @@ min_time() {  # min_time PROGRAM SECONDS
 for b in "$BUILD"/bench/bench_cuda_*; do
   [ -x "$b" ] && [ "$b" != "$OPS" ] || continue
   name="$(basename "$b")"
-  cap="$(capped 60)"
+  cap="$(capped 90)"
   if [ "$cap" -lt 5 ]; then say "$name skipped: the ${BUDGET}s budget is spent"; continue; fi
   say "$name (limit ${cap}s)"
   timeout --kill-after=5 "$cap" "$b" "--benchmark_min_time=$(min_time "$b" 0.05)" --benchmark_counters_tabular=true \
