@@ -17,7 +17,8 @@
 #                  CLIPCU_GOLDEN and CLIPCU_VOCAB.
 #   --arch ARCHS   CMAKE_CUDA_ARCHITECTURES (default: the GPU's own, e.g. 90a on an H100)
 #   --budget S     the report is final after S seconds (default 470: within 8 minutes)
-#   --bench-budget S  seconds for bench/run_gpu_benchmarks.sh (default 150)
+#   --bench-budget S  seconds for bench/run_gpu_benchmarks.sh (default 150; 0: build the
+#                  benchmark programs but run none, for a --bench-only call after this one)
 #   --sanitize-budget S  seconds for all compute-sanitizer runs together (default 150; each run
 #                  at most 120): racecheck can be slow, and the benchmarks come after them
 #   --cuda-only    build only the CUDA tests and benchmarks (and bench_step); run those, the
@@ -244,6 +245,10 @@ run_benches() {
 run_gpu_benches() {
   # bench/run_gpu_benchmarks.sh: every bench_cuda_* program, bench_step's GPU steps and PyTorch
   # beside them, one table (bench_table.md) and the JSON of both sides (bench_json.tgz)
+  if [ "$BENCH_BUDGET" -le 0 ]; then
+    record "GPU benchmarks (bench/run_gpu_benchmarks.sh)" SKIP 0 "--bench-budget 0: built for a --bench-only call"
+    return
+  fi
   gb="$(mktemp -d)"
   echo "===== bench/run_gpu_benchmarks.sh" >>"$OUTDIR/bench.log"
   bb=$(( $(left) - 45 )); [ "$bb" -gt "$BENCH_BUDGET" ] && bb="$BENCH_BUDGET"
